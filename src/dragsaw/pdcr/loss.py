@@ -1,0 +1,124 @@
+"""The dragsaw loss between sampled embeddings, weighted by label-composition affinity (METHOD.md section 0).
+
+For embeddings ``u_n`` (anchors) and ``v_m`` (candidates) with compositions ``phi_n``, ``psi_m``::
+
+    s_nm = (cos(u_n, v_m) - 1) / T                 shifted cosine similarity, in [-2/T, 0]
+    d_nm = 1/2 * || phi_n - psi_m ||_1              total-variation divergence, in [0, 1]
+    a_nm = 1 - d_nm                                 affinity
+    L    = mean_{b, n, m} [ -a_nm * s_nm + log sum_k exp(d_nk * s_nk) ]
+
+The gradient with respect to ``s_nm`` is ``-a_nm + M * d_nm * q_nm`` (``q`` the softmax of ``d * s`` over the
+candidates), so pairs of the same composition are pulled together and pairs of different composition pushed
+apart, each in proportion to its affinity / divergence. ``orientation="reference-2d"`` swaps the two weights as
+the paper's released 2D code does (which pulls *different* compositions together); it exists only to reproduce
+that code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["dragsaw_loss", "ORIENTATIONS"]
+
+ORIENTATIONS = ("intended", "reference-2d")
+
+
+def _check_pair(emb: torch.Tensor, comp: torch.Tensor, emb_name: str, comp_name: str) -> None:
+    for value, name in ((emb, emb_name), (comp, comp_name)):
+        if not isinstance(value, torch.Tensor) or value.ndim != 3:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(
+                f"{name} must be a 3-D tensor ({'[B, N, D]' if name == emb_name else '[B, N, K]'}), got {shape}. "
+                "Flatten sampled locations to the middle axis."
+            )
+    if emb.shape[:2] != comp.shape[:2]:
+        raise ValueError(
+            f"{emb_name} {tuple(emb.shape)} and {comp_name} {tuple(comp.shape)} disagree on batch or number of "
+            "locations: give one composition vector per sampled embedding."
+        )
+    if emb.shape[1] == 0:
+        raise ValueError(f"{emb_name} has no sampled locations (shape {tuple(emb.shape)}); sample at least one.")
+    if not emb.dtype.is_floating_point:
+        raise ValueError(f"{emb_name} must be floating point, got {emb.dtype}.")
+
+
+def dragsaw_loss(
+    emb_a: torch.Tensor,
+    comp_a: torch.Tensor,
+    emb_b: torch.Tensor | None = None,
+    comp_b: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    *,
+    orientation: str = "intended",
+) -> torch.Tensor:
+    """Patch-dragsaw contrastive loss for one layer (or layer pair) and one patch size.
+
+    Args:
+        emb_a: anchor embeddings ``[B, N, D]``.
+        comp_a: their label compositions ``[B, N, K]`` (probability vectors; an all-zero row marks a location
+            without valid pixels, which is left out of every pair).
+        emb_b: candidate embeddings ``[B, M, D]`` for the cross-layer loss; ``None`` for the in-layer loss
+            (candidates = anchors).
+        comp_b: compositions of ``emb_b``, ``[B, M, K]``; given exactly when ``emb_b`` is.
+        temperature: ``T > 0``.
+        orientation: ``"intended"`` (METHOD.md section 0) or ``"reference-2d"`` (swapped weights, for
+            reproducing the released 2D code only).
+
+    Returns:
+        Scalar loss: the mean over the batch and all valid ``N x M`` ordered pairs (self-pairs included),
+        float32 (float64 if an input is float64). Finite for any finite input, zero vectors included;
+        computed in at least float32 even under autocast or for bf16/fp16 inputs. Zero (with a graph) when
+        no pair is valid.
+
+    Raises:
+        ValueError: shapes that do not fit, mismatched batch sizes, a bad temperature or orientation.
+    """
+    _check_pair(emb_a, comp_a, "emb_a", "comp_a")
+    if (emb_b is None) != (comp_b is None):
+        raise ValueError("emb_b and comp_b go together: pass both (cross-layer loss) or neither (in-layer loss).")
+    if emb_b is None:
+        emb_b, comp_b = emb_a, comp_a
+    else:
+        _check_pair(emb_b, comp_b, "emb_b", "comp_b")
+        if emb_b.shape[0] != emb_a.shape[0]:
+            raise ValueError(
+                f"batch sizes differ: emb_a {tuple(emb_a.shape)} vs emb_b {tuple(emb_b.shape)}; pairs are formed "
+                "within one image, so both must come from the same batch."
+            )
+        if emb_b.shape[2] != emb_a.shape[2]:
+            raise ValueError(
+                f"embedding dimensions differ: emb_a D={emb_a.shape[2]} vs emb_b D={emb_b.shape[2]}; project both "
+                "layers to a common dimension first (PatchDragsawLoss does this with learnable 1x1 projections)."
+            )
+    if comp_a.shape[2] != comp_b.shape[2]:
+        raise ValueError(f"comp_a has K={comp_a.shape[2]} classes but comp_b has K={comp_b.shape[2]}.")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}.")
+    if orientation not in ORIENTATIONS:
+        raise ValueError(f"orientation must be one of {ORIENTATIONS}, got {orientation!r}.")
+
+    dtype = torch.float64 if torch.float64 in (emb_a.dtype, emb_b.dtype) else torch.float32
+    with torch.autocast(device_type=emb_a.device.type, enabled=False):
+        u = F.normalize(emb_a.to(dtype), dim=-1, eps=1e-12)
+        v = F.normalize(emb_b.to(dtype), dim=-1, eps=1e-12)
+        cos = torch.bmm(u, v.transpose(1, 2)).clamp(-1.0, 1.0)
+        sim = (cos - 1.0) / temperature  # [B, N, M]
+
+        pa, pb = comp_a.to(dtype), comp_b.to(dtype)
+        div = 0.5 * (pa.unsqueeze(2) - pb.unsqueeze(1)).abs().sum(-1)  # [B, N, M]
+        div = div.clamp(0.0, 1.0)
+        aff = 1.0 - div
+        w_pos, w_neg = (aff, div) if orientation == "intended" else (div, aff)
+
+        valid_a = pa.sum(-1) > 0  # [B, N]
+        valid_b = pb.sum(-1) > 0  # [B, M]
+        pair = valid_a.unsqueeze(2) & valid_b.unsqueeze(1)
+        # invalid candidates get the most negative finite logit: exp() -> 0 and no NaN in any gradient
+        logits = (w_neg * sim).masked_fill(~valid_b.unsqueeze(1), torch.finfo(dtype).min)
+        lse = torch.logsumexp(logits, dim=2, keepdim=True)  # [B, N, 1]
+        lse = torch.where(valid_b.any(1).view(-1, 1, 1), lse, torch.zeros_like(lse))
+        terms = torch.where(pair, -w_pos * sim + lse, torch.zeros_like(sim))
+        return terms.sum() / pair.sum().clamp(min=1).to(dtype)

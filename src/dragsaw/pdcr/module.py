@@ -1,0 +1,271 @@
+"""``PatchDragsawLoss``: the PDCR regulariser over several tapped feature maps (METHOD.md section 0)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .._checks import as_axis_tuple, check_spatial_dims
+from .composition import LabelIntegral, counts_to_composition
+from .loss import ORIENTATIONS, dragsaw_loss
+from .sampling import SAMPLERS, auto_border, grid_positions, random_positions
+
+__all__ = ["PatchDragsawLoss", "PDCROutput"]
+
+Axes = int | Sequence[int]
+
+
+class PDCROutput(NamedTuple):
+    """Result of :class:`PatchDragsawLoss`: the weighted ``total`` and the unweighted, detached ``terms``.
+
+    ``terms`` keys: ``"layer/<name>"`` for in-layer terms, ``"cross/<p>~<q>"`` for cross-layer terms.
+    """
+
+    total: torch.Tensor
+    terms: dict[str, torch.Tensor]
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+class PatchDragsawLoss(nn.Module):
+    """Patch-dragsaw contrastive regularisation over tapped hidden feature maps.
+
+    For every tapped layer it samples ``N`` feature locations, takes their label compositions for each patch
+    length of a series (H-PDCR: loss per length, then averaged) or for the layer's receptive field (RF-PDCR),
+    and adds ``weight * dragsaw_loss`` (in-layer). Cross-layer terms compare the sampled vectors of two layers
+    after learnable linear (1x1) projections to a common dimension, each with the compositions of its own
+    patches. Works for 1D/2D/3D maps, any batch size and device; the projections are registered parameters.
+
+    Args:
+        num_classes: ``K``, background included.
+        layers: the in-layer taps, a mapping ``name -> weight`` (or a sequence of names, weight 1 each).
+        spatial_dims: 1, 2 or 3.
+        samples: ``N`` per layer (an int or a mapping name -> int).
+        patch_sizes: H-PDCR patch lengths in input pixels (each an int or per-axis tuple), or ``"rf"`` for
+            RF-PDCR with ``receptive_fields``.
+        receptive_fields: for ``patch_sizes="rf"``: layer name -> receptive field size (int or per-axis), e.g.
+            from :func:`dragsaw.taps.receptive_field`.
+        cross_layers: pairs ``(p, q)`` of layer names for cross-layer terms.
+        in_channels: layer name -> channels, required for every layer in ``cross_layers``.
+        cross_weight: weight of each cross-layer term.
+        cross_samples: ``N`` per layer in cross-layer terms.
+        projection_dim: common dimension of the cross-layer projections.
+        temperature: ``T``.
+        sampling: ``"grid"`` (fixed evenly spaced lattice) or ``"random"`` (new locations per image and call).
+        border: cells cropped on every side before sampling (int, per-axis tuple, or mapping name -> either);
+            ``None`` uses min(9, grid // 8) per axis.
+        ignore_index: label value left out of every composition.
+        orientation: ``"intended"`` or ``"reference-2d"`` (see :func:`dragsaw_loss`).
+
+    Call: ``loss(features, labels, strides=None) -> PDCROutput``; ``features`` maps layer names to
+    ``[B, C, *g]`` maps, ``labels`` is ``[B, *S]`` (or ``[B, 1, *S]``) int, ``strides`` maps names to per-axis
+    strides (inferred from the shapes where ``S`` is a multiple of ``g``).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        layers: Mapping[str, float] | Sequence[str],
+        *,
+        spatial_dims: int = 2,
+        samples: int | Mapping[str, int] = 64,
+        patch_sizes: Sequence[Axes] | str = (5, 7, 9),
+        receptive_fields: Mapping[str, Axes] | None = None,
+        cross_layers: Sequence[tuple[str, str]] = (),
+        in_channels: Mapping[str, int] | None = None,
+        cross_weight: float = 0.01,
+        cross_samples: int | Mapping[str, int] = 32,
+        projection_dim: int = 128,
+        temperature: float = 1.0,
+        sampling: str = "grid",
+        border: Axes | Mapping[str, Axes] | None = None,
+        ignore_index: int | None = None,
+        orientation: str = "intended",
+    ) -> None:
+        super().__init__()
+        self.spatial_dims = check_spatial_dims(spatial_dims)
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an int >= 2 (background included), got {num_classes!r}.")
+        self.num_classes = num_classes
+        weights = dict(layers) if isinstance(layers, Mapping) else {name: 1.0 for name in layers}
+        self.cross_layers = [tuple(pair) for pair in cross_layers]
+        if not weights and not self.cross_layers:
+            raise ValueError("PatchDragsawLoss needs at least one layer or cross-layer pair; got none.")
+        self.layer_weights = {str(k): float(v) for k, v in weights.items()}
+        names = list(self.layer_weights) + [n for pair in self.cross_layers for n in pair]
+        self.tapped = list(dict.fromkeys(names))
+        for pair in self.cross_layers:
+            if len(pair) != 2 or pair[0] == pair[1]:
+                raise ValueError(f"cross_layers entries must be pairs of two different layer names, got {pair!r}.")
+        if sampling not in SAMPLERS:
+            raise ValueError(f"sampling must be one of {SAMPLERS}, got {sampling!r}.")
+        if orientation not in ORIENTATIONS:
+            raise ValueError(f"orientation must be one of {ORIENTATIONS}, got {orientation!r}.")
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}.")
+        self.sampling, self.orientation, self.temperature = sampling, orientation, float(temperature)
+        self.ignore_index = ignore_index
+        self.cross_weight = float(cross_weight)
+        self.samples = self._per_layer(samples, "samples", self.layer_weights)
+        self.cross_samples = self._per_layer(cross_samples, "cross_samples", [n for p in self.cross_layers for n in p])
+        self.border = border
+
+        if isinstance(patch_sizes, str):
+            if patch_sizes != "rf":
+                raise ValueError(f"patch_sizes must be a sequence of lengths or 'rf', got {patch_sizes!r}.")
+            missing = [n for n in self.tapped if n not in (receptive_fields or {})]
+            if missing:
+                raise ValueError(
+                    f"patch_sizes='rf' needs receptive_fields for every tapped layer; missing {missing}. "
+                    "Measure them with dragsaw.taps.receptive_field(model, layer, input_shape)."
+                )
+            self.patches = {n: [as_axis_tuple(receptive_fields[n], spatial_dims, f"receptive_fields[{n!r}]")]
+                            for n in self.tapped}
+        else:
+            if receptive_fields is not None:
+                raise ValueError("receptive_fields is only used with patch_sizes='rf'; pass one or the other.")
+            series = [as_axis_tuple(k, spatial_dims, "patch_sizes") for k in patch_sizes]
+            if not series:
+                raise ValueError("patch_sizes is empty: give at least one patch length (e.g. (5, 7, 9)) or 'rf'.")
+            self.patches = {n: series for n in self.tapped}
+
+        cross_names = list(dict.fromkeys(n for pair in self.cross_layers for n in pair))
+        missing = [n for n in cross_names if n not in (in_channels or {})]
+        if missing:
+            raise ValueError(
+                f"cross_layers need the channel count of each layer for their projections; in_channels lacks "
+                f"{missing}. Pass in_channels={{name: C, ...}}."
+            )
+        self.projections = nn.ModuleDict(
+            {_key(n): nn.Linear(int(in_channels[n]), projection_dim) for n in cross_names}
+        )
+
+    @staticmethod
+    def _per_layer(value: int | Mapping[str, int], what: str, names) -> dict[str, int]:
+        out = {}
+        for name in names:
+            n = value.get(name) if isinstance(value, Mapping) else value
+            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                raise ValueError(f"{what} for layer {name!r} must be an int >= 1, got {n!r}.")
+            out[name] = n
+        return out
+
+    # ------------------------------------------------------------------ helpers
+    def _stride(self, name: str, feat: torch.Tensor, size: tuple[int, ...], strides) -> tuple[int, ...]:
+        grid = tuple(feat.shape[2:])
+        given = (strides or {}).get(name)
+        if given is None:
+            if any(s % g for s, g in zip(size, grid)):
+                raise ValueError(
+                    f"cannot infer the stride of layer {name!r}: labels {size} are not a multiple of its grid "
+                    f"{grid}. Pass strides={{{name!r}: ...}} (e.g. from dragsaw.taps.receptive_field)."
+                )
+            return tuple(s // g for s, g in zip(size, grid))
+        stride = as_axis_tuple(given, self.spatial_dims, f"strides[{name!r}]")
+        for s, g, k in zip(size, grid, stride):
+            if g not in (-(-s // k), s // k):
+                raise ValueError(
+                    f"layer {name!r}: a grid of {grid} does not fit labels {size} at stride {stride} (expected "
+                    f"ceil or floor of size/stride per axis). Check the stride or that the labels match the input."
+                )
+        return stride
+
+    def _border(self, name: str, grid: tuple[int, ...]) -> tuple[int, ...]:
+        value = self.border.get(name) if isinstance(self.border, Mapping) else self.border
+        if value is None:
+            return auto_border(grid)
+        return as_axis_tuple(value, self.spatial_dims, f"border[{name!r}]", minimum=0)
+
+    def _sample(self, name: str, feat: torch.Tensor, count: int):
+        """Gather ``count`` locations of ``feat`` [B, C, *g] -> (vectors [B, N, C], positions [B, N, d])."""
+        batch, grid = feat.shape[0], tuple(feat.shape[2:])
+        border = self._border(name, grid)
+        if self.sampling == "grid":
+            pos = grid_positions(grid, border, count, name).to(feat.device).expand(batch, -1, -1)
+        else:
+            pos = random_positions(batch, grid, border, count, name, device=feat.device)
+        linear = torch.zeros_like(pos[..., 0])
+        for axis, g in enumerate(grid):
+            linear = linear * g + pos[..., axis]
+        vectors = feat.flatten(2).gather(2, linear.unsqueeze(1).expand(-1, feat.shape[1], -1))
+        return vectors.transpose(1, 2), pos
+
+    def _compositions(self, integral: LabelIntegral, name: str, pos: torch.Tensor, stride) -> list[torch.Tensor]:
+        """One ``[B, N, K]`` composition per patch length of ``name``."""
+        return [counts_to_composition(integral.points(pos, stride, k)).transpose(1, 2) for k in self.patches[name]]
+
+    def _series_loss(self, emb_a, comps_a, emb_b=None, comps_b=None) -> torch.Tensor:
+        losses = []
+        for i, comp_a in enumerate(comps_a):
+            comp_b = None if comps_b is None else comps_b[min(i, len(comps_b) - 1)]
+            losses.append(dragsaw_loss(emb_a, comp_a, emb_b, comp_b, self.temperature, orientation=self.orientation))
+        return torch.stack(losses).mean()
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        features: Mapping[str, torch.Tensor],
+        labels: torch.Tensor,
+        strides: Mapping[str, Axes] | None = None,
+    ) -> PDCROutput:
+        """Compute the regulariser. See the class docstring for shapes; returns :class:`PDCROutput`."""
+        missing = [n for n in self.tapped if n not in features]
+        if missing:
+            raise ValueError(
+                f"features lacks the tapped layers {missing} (got {sorted(features)}); tap them with "
+                "dragsaw.taps.FeatureTaps(model, names) or remove them from the loss."
+            )
+        d = self.spatial_dims
+        if labels.ndim == d + 2 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        if labels.ndim != d + 1:
+            raise ValueError(
+                f"labels must be [B, *S] or [B, 1, *S] with {d} spatial axes (spatial_dims={d}), got shape "
+                f"{tuple(labels.shape)}."
+            )
+        size = tuple(labels.shape[1:])
+        for name in self.tapped:
+            feat = features[name]
+            if not isinstance(feat, torch.Tensor) or feat.ndim != d + 2:
+                shape = tuple(feat.shape) if isinstance(feat, torch.Tensor) else type(feat).__name__
+                raise ValueError(f"feature {name!r} must be [B, C, *g] with {d} spatial axes, got {shape}.")
+            if feat.shape[0] != labels.shape[0]:
+                raise ValueError(
+                    f"feature {name!r} has batch size {feat.shape[0]} but labels have {labels.shape[0]}; pass the "
+                    "labels of the same batch."
+                )
+        device = features[self.tapped[0]].device
+        integral = LabelIntegral(labels.to(device), self.num_classes, self.ignore_index)
+        stride = {n: self._stride(n, features[n], size, strides) for n in self.tapped}
+
+        terms: dict[str, torch.Tensor] = {}
+        total = features[self.tapped[0]].new_zeros((), dtype=torch.float32)
+        for name, weight in self.layer_weights.items():
+            emb, pos = self._sample(name, features[name], self.samples[name])
+            loss = self._series_loss(emb, self._compositions(integral, name, pos, stride[name]))
+            terms[f"layer/{name}"] = loss.detach()
+            total = total + weight * loss
+        for p, q in self.cross_layers:
+            emb_p, pos_p = self._sample(p, features[p], self.cross_samples[p])
+            emb_q, pos_q = self._sample(q, features[q], self.cross_samples[q])
+            emb_p = self.projections[_key(p)](emb_p.to(self.projections[_key(p)].weight.dtype))
+            emb_q = self.projections[_key(q)](emb_q.to(self.projections[_key(q)].weight.dtype))
+            comps_p = self._compositions(integral, p, pos_p, stride[p])
+            comps_q = self._compositions(integral, q, pos_q, stride[q])
+            loss = self._series_loss(emb_p, comps_p, emb_q, comps_q)
+            terms[f"cross/{p}~{q}"] = loss.detach()
+            total = total + self.cross_weight * loss
+        return PDCROutput(total, terms)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, layers={self.layer_weights}, cross_layers={self.cross_layers}, "
+            f"samples={self.samples}, sampling={self.sampling!r}, T={self.temperature}, "
+            f"orientation={self.orientation!r}"
+        )

@@ -1,0 +1,130 @@
+"""label_composition against a naive per-location loop written from the definition in METHOD.md section 0."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dragsaw.pdcr import LabelIntegral, label_composition
+
+
+def naive_composition(labels, num_classes, stride, patch, ignore_index=None):
+    """One location at a time: block start i*s, patch start i*s - floor((k-s)/2), length k, clipped."""
+    batch, *size = labels.shape
+    grid = [math.ceil(n / s) for n, s in zip(size, stride)]
+    out = torch.zeros(batch, num_classes, *grid, dtype=torch.float64)
+    for b in range(batch):
+        for loc in itertools.product(*[range(g) for g in grid]):
+            region = []
+            for i, s, k, n in zip(loc, stride, patch, size):
+                start = i * s - math.floor((k - s) / 2)
+                region.append(slice(max(start, 0), min(start + k, n)))
+            values = labels[b][tuple(region)].flatten().tolist()
+            if ignore_index is not None:
+                values = [v for v in values if v != ignore_index]
+            for c in range(num_classes):
+                if values:
+                    out[(b, c, *loc)] = values.count(c) / len(values)
+    return out
+
+
+CASES_2D = [
+    # size, stride, patch, K
+    ((16, 16), (4, 4), (5, 5), 2),
+    ((17, 23), (4, 4), (9, 9), 3),
+    ((17, 23), (2, 4), (3, 8), 4),
+    ((13, 9), (4, 4), (1, 1), 2),  # k < s
+    ((13, 9), (4, 2), (3, 7), 2),  # odd k with even s
+    ((10, 10), (1, 1), (7, 7), 5),
+    ((8, 12), (16, 16), (9, 9), 2),  # stride larger than the image: one location
+    ((20, 20), (3, 3), (40, 40), 3),  # patch larger than the image
+]
+
+
+@pytest.mark.parametrize("size,stride,patch,k", CASES_2D)
+def test_matches_naive_loop_2d(size, stride, patch, k):
+    gen = torch.Generator().manual_seed(hash((size, stride, patch, k)) % 2**31)
+    labels = torch.randint(0, k, (2, *size), generator=gen)
+    got = label_composition(labels, k, stride, patch)
+    want = naive_composition(labels, k, stride, patch)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got.double(), want, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "size,stride,patch,k",
+    [((9, 10, 11), (2, 2, 2), (5, 5, 5), 3), ((12, 7, 8), (4, 2, 1), (7, 3, 2), 4), ((6, 6, 6), 3, 1, 2)],
+)
+def test_matches_naive_loop_3d_anisotropic(size, stride, patch, k):
+    labels = torch.randint(0, k, (2, *size), generator=torch.Generator().manual_seed(1))
+    got = label_composition(labels, k, stride, patch)
+    want = naive_composition(labels, k, (stride,) * 3 if isinstance(stride, int) else stride,
+                             (patch,) * 3 if isinstance(patch, int) else patch)
+    torch.testing.assert_close(got.double(), want, atol=1e-6, rtol=0)
+
+
+def test_1d_hand_computed():
+    # labels 0 0 1 1 1 0, stride 2, patch 3: locations 0,1,2 -> patch starts 0-0=0? floor((3-2)/2)=0
+    labels = torch.tensor([[0, 0, 1, 1, 1, 0]])
+    got = label_composition(labels, 2, 2, 3)
+    # patches [0,3)={0,0,1} [2,5)={1,1,1} [4,6)={1,0}
+    want = torch.tensor([[[2 / 3, 0.0, 0.5], [1 / 3, 1.0, 0.5]]])
+    torch.testing.assert_close(got, want)
+
+
+def test_ignore_index_and_empty_patches():
+    labels = torch.tensor([[[255, 255, 0, 1], [255, 255, 1, 1]]])
+    got = label_composition(labels, 2, 2, 2, ignore_index=255)
+    want = naive_composition(labels, 2, (2, 2), (2, 2), ignore_index=255)
+    torch.testing.assert_close(got.double(), want)
+    assert got[0, :, 0, 0].sum() == 0  # no valid pixel: all-zero composition
+    assert got[0, :, 0, 1].sum() == pytest.approx(1.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    dims=st.integers(1, 3),
+    data=st.data(),
+)
+def test_property_against_naive(dims, data):
+    size = tuple(data.draw(st.integers(1, 9)) for _ in range(dims))
+    stride = tuple(data.draw(st.integers(1, 5)) for _ in range(dims))
+    patch = tuple(data.draw(st.integers(1, 8)) for _ in range(dims))
+    k = data.draw(st.integers(1, 4))
+    seed = data.draw(st.integers(0, 1000))
+    labels = torch.randint(0, k, (1, *size), generator=torch.Generator().manual_seed(seed))
+    got = label_composition(labels, k, stride, patch)
+    torch.testing.assert_close(got.double(), naive_composition(labels, k, stride, patch), atol=1e-6, rtol=0)
+
+
+def test_points_agree_with_grid():
+    labels = torch.randint(0, 3, (2, 19, 21), generator=torch.Generator().manual_seed(3))
+    integral = LabelIntegral(labels, 3)
+    full = integral.grid((4, 4), (7, 7))  # [B, K, 5, 6]
+    pos = torch.tensor([[[0, 0], [4, 5], [2, 3]], [[1, 1], [3, 0], [4, 4]]])
+    pts = integral.points(pos, (4, 4), (7, 7))
+    for b in range(2):
+        for n in range(3):
+            torch.testing.assert_close(pts[b, :, n], full[b, :, pos[b, n, 0], pos[b, n, 1]])
+
+
+@pytest.mark.parametrize(
+    "labels,kwargs,match",
+    [
+        (torch.zeros(2, 8, 8), {}, "dtype torch.float32"),
+        (torch.full((2, 8, 8), 3), {}, r"values \[3\] outside 0..1"),
+        (torch.full((2, 8, 8), -1), {}, "outside"),
+        (torch.zeros(8, dtype=torch.long), {}, r"\[B, \*S\]"),
+        (torch.zeros(2, 8, 8, dtype=torch.long), {"stride": (2, 2, 2)}, "stride=.*3 entries.*2 spatial axes"),
+        (torch.zeros(2, 8, 8, dtype=torch.long), {"patch_size": 0}, "patch_size=.*>= 1"),
+    ],
+)
+def test_errors_name_argument_and_fix(labels, kwargs, match):
+    args = {"num_classes": 2, "stride": 2, "patch_size": 3} | kwargs
+    with pytest.raises(ValueError, match=match):
+        label_composition(labels, **args)

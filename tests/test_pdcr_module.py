@@ -1,0 +1,131 @@
+"""PatchDragsawLoss: agreement with the pure functions, end to end on small 2D/3D networks, and errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from dragsaw.pdcr import PatchDragsawLoss, dragsaw_loss, grid_positions, label_composition, random_positions
+from dragsaw.taps import FeatureTaps
+
+CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+
+
+def tiny_net(dims: int, classes: int = 3) -> nn.Module:
+    conv = CONV[dims]
+    return nn.Sequential(
+        nn.Sequential(conv(1, 8, 3, stride=2, padding=1), nn.ReLU()),  # "0": stride 2
+        nn.Sequential(conv(8, 16, 3, stride=2, padding=1), nn.ReLU()),  # "1": stride 4
+        conv(16, classes, 1),
+        nn.Upsample(scale_factor=4, mode="nearest"),
+    )
+
+
+def test_single_layer_equals_manual_computation():
+    torch.manual_seed(0)
+    feat = torch.randn(2, 6, 8, 10, dtype=torch.float64)
+    labels = torch.randint(0, 3, (2, 32, 40))
+    loss = PatchDragsawLoss(3, {"x": 1.0}, samples=12, patch_sizes=(5, 9), border=1, temperature=0.7)
+    out = loss({"x": feat}, labels)
+
+    pos = grid_positions((8, 10), (1, 1), 12)
+    emb = feat[:, :, pos[:, 0], pos[:, 1]].transpose(1, 2)
+    manual = []
+    for k in (5, 9):
+        comp = label_composition(labels, 3, 4, k)[:, :, pos[:, 0], pos[:, 1]].transpose(1, 2)
+        manual.append(dragsaw_loss(emb, comp, temperature=0.7))
+    want = torch.stack(manual).mean()
+    torch.testing.assert_close(out.total, want)
+    torch.testing.assert_close(out.terms["layer/x"], want)
+
+
+def test_grid_sampler_is_even_and_inside_the_crop():
+    pos = grid_positions((20, 20), (3, 3), 16)
+    assert pos.shape == (16, 2)
+    assert pos.min() >= 3 and pos.max() <= 16
+    assert len({tuple(p) for p in pos.tolist()}) == 16
+    rows = sorted({p[0] for p in pos.tolist()})
+    gaps = [b - a for a, b in zip(rows, rows[1:])]
+    assert len(rows) == 4 and max(gaps) - min(gaps) <= 1  # a 4x4 lattice, evenly spaced up to rounding
+    pos3 = grid_positions((16, 16, 16), (2, 2, 2), 64)
+    assert pos3.shape == (64, 3) and len({tuple(p) for p in pos3.tolist()}) == 64
+    rnd = random_positions(3, (10, 12), (1, 2), 30, device=torch.device("cpu"))
+    assert rnd.shape == (3, 30, 2)
+    assert all(len({tuple(p) for p in img.tolist()}) == 30 for img in rnd)
+    assert rnd[..., 0].min() >= 1 and rnd[..., 0].max() <= 8 and rnd[..., 1].min() >= 2 and rnd[..., 1].max() <= 9
+
+
+@pytest.mark.parametrize("dims,size", [(2, (32, 40)), (3, (16, 16, 24))])
+@pytest.mark.parametrize("sampling", ["grid", "random"])
+def test_end_to_end_through_feature_taps(dims, size, sampling):
+    torch.manual_seed(0)
+    net = tiny_net(dims)
+    x = torch.randn(2, 1, *size)
+    labels = torch.randint(0, 3, (2, *size))
+    loss_fn = PatchDragsawLoss(
+        3, {"0": 0.1, "1": 0.01}, spatial_dims=dims, samples={"0": 16, "1": 8}, cross_layers=[("0", "1")],
+        in_channels={"0": 8, "1": 16}, cross_samples=8, projection_dim=4, sampling=sampling,
+        temperature=0.5,
+    )
+    params = dict(loss_fn.named_parameters())
+    assert {"projections.0.weight", "projections.1.weight"} <= set(params)
+    with FeatureTaps(net, ["0", "1"]) as taps:
+        logits = net(x)
+        out = loss_fn(taps.pop(), labels)
+    assert set(out.terms) == {"layer/0", "layer/1", "cross/0~1"}
+    want = 0.1 * out.terms["layer/0"] + 0.01 * out.terms["layer/1"] + 0.01 * out.terms["cross/0~1"]
+    torch.testing.assert_close(out.total.detach(), want)
+    (out.total + logits.mean() * 0).backward()
+    assert net[0][0].weight.grad.abs().sum() > 0 and net[1][0].weight.grad.abs().sum() > 0
+    assert loss_fn.projections["0"].weight.grad.abs().sum() > 0
+    assert loss_fn.projections["1"].weight.grad.abs().sum() > 0
+
+
+def test_rf_pdcr_and_anisotropic_strides_3d():
+    feat = torch.randn(1, 4, 4, 8, 8)
+    labels = torch.randint(0, 2, (1, 16, 16, 16))
+    loss_fn = PatchDragsawLoss(2, ["f"], spatial_dims=3, samples=8, patch_sizes="rf",
+                               receptive_fields={"f": (9, 5, 5)}, border=0)
+    out = loss_fn({"f": feat.double()}, labels)
+    pos = grid_positions((4, 8, 8), (0, 0, 0), 8)
+    comp = label_composition(labels, 2, (4, 2, 2), (9, 5, 5))[:, :, pos[:, 0], pos[:, 1], pos[:, 2]]
+    emb = feat.double()[:, :, pos[:, 0], pos[:, 1], pos[:, 2]].transpose(1, 2)
+    torch.testing.assert_close(out.total, dragsaw_loss(emb, comp.transpose(1, 2)))
+
+
+def test_batch_size_one_and_channel_axis_labels():
+    loss_fn = PatchDragsawLoss(2, ["f"], samples=4)
+    out = loss_fn({"f": torch.randn(1, 3, 8, 8)}, torch.randint(0, 2, (1, 1, 32, 32)))
+    assert out.total.ndim == 0 and torch.isfinite(out.total)
+
+
+def test_orientation_switch_changes_the_value():
+    feat, labels = torch.randn(2, 5, 8, 8), torch.randint(0, 2, (2, 32, 32))
+    a = PatchDragsawLoss(2, ["f"], samples=16)({"f": feat}, labels).total
+    b = PatchDragsawLoss(2, ["f"], samples=16, orientation="reference-2d")({"f": feat}, labels).total
+    assert not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize(
+    "ctor,call,match",
+    [
+        ({"layers": []}, None, "at least one layer"),
+        ({"layers": ["f"], "patch_sizes": "rf"}, None, "needs receptive_fields.*'f'"),
+        ({"layers": ["f"], "cross_layers": [("f", "g")]}, None, "in_channels lacks"),
+        ({"layers": ["f"], "sampling": "sobol"}, None, "sampling must be one of"),
+        ({"layers": ["f"], "samples": 0}, None, "samples for layer 'f'"),
+        ({"layers": ["f"]}, {"features": {}}, "features lacks the tapped layers"),
+        ({"layers": ["f"]}, {"labels": torch.zeros(3, 32, 32, dtype=torch.long)}, "batch size 2 but labels have 3"),
+        ({"layers": ["f"]}, {"labels": torch.zeros(2, 30, 32, dtype=torch.long)}, "cannot infer the stride"),
+        ({"layers": ["f"]}, {"strides": {"f": 3}}, "does not fit labels"),
+        ({"layers": ["f"]}, {"labels": torch.zeros(2, 32, 32)}, "dtype torch.float32"),
+        ({"layers": ["f"], "samples": 100}, {}, "fewer than samples=100"),
+    ],
+)
+def test_errors(ctor, call, match):
+    base_call = {"features": {"f": torch.randn(2, 4, 8, 8)}, "labels": torch.zeros(2, 32, 32, dtype=torch.long)}
+    with pytest.raises(ValueError, match=match):
+        loss_fn = PatchDragsawLoss(2, **ctor)
+        if call is not None:
+            loss_fn(**(base_call | call))
