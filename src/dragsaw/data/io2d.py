@@ -1,0 +1,355 @@
+"""Reading 2D images and masks into arrays, with explicit policies for every stored value.
+
+Images become float32 ``[C, H, W]`` in [0, 1]; masks become int64 ``[H, W]`` class indices ``0..K-1``. Any file
+that cannot be decoded, and any mask value that no policy accounts for, raises :class:`~dragsaw.errors.DataError`
+naming the file and the fix; nothing is guessed silently.
+
+Mask policies (see :func:`read_mask`):
+
+* binary masks stored as {0, 255} or {0, 1} (or all 0: an empty mask);
+* lossy JPEG masks (suffix ``.jpg``/``.jpeg``, binary tasks only): thresholded at 128, with one warning per folder;
+* multi-class masks: a ``value_map`` {stored value: class index}, or values (e.g. palette PNG indices) that already
+  are class indices ``0..K-1``;
+* colour masks whose channels are identical are read as grayscale; any other colour mask is refused.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from dragsaw.data.cases import Case
+from dragsaw.errors import ConfigError, DataError
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "JPEG_SUFFIXES",
+    "read_image",
+    "image_channels",
+    "read_mask",
+    "map_mask_values",
+    "check_same_size",
+    "read_case",
+]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+"""File suffixes (lower case) that the 2D adapters treat as images or masks."""
+
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+"""Suffixes of lossy files whose masks are thresholded at 128."""
+
+_JPEG_THRESHOLD = 128
+_JPEG_WARNED_DIRS: set[Path] = set()
+
+# Pillow mode -> channel count of the array read_image returns.
+_IMAGE_CHANNELS = {
+    "1": 1, "L": 1, "LA": 1, "I": 1, "I;16": 1, "I;16L": 1, "I;16B": 1, "I;16N": 1,
+    "P": 3, "PA": 3, "RGB": 3, "RGBA": 3, "RGBX": 3, "CMYK": 3, "YCbCr": 3, "LAB": 3, "HSV": 3,
+}  # fmt: skip
+
+
+def _decode(path: str | Path, what: str, convert: Callable[[Image.Image], np.ndarray]) -> np.ndarray:
+    """Open ``path`` with Pillow, decode it fully and convert it while the file is open.
+
+    Raises:
+        DataError: the file is missing, empty, not an image, truncated, corrupt or has several frames.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} file {path} does not exist or is not a file; fix: check the dataset root and layout")
+    if path.stat().st_size == 0:
+        raise DataError(f"{what} file {path} is empty (0 bytes); fix: re-download or re-export it")
+    try:
+        with Image.open(path) as im:
+            if getattr(im, "n_frames", 1) != 1:
+                raise DataError(
+                    f"{what} file {path} has {im.n_frames} frames/pages; fix: save a single 2D image per file"
+                )
+            im.load()
+            return convert(im)
+    except DataError:
+        raise
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, ... for bad files
+        raise DataError(
+            f"{what} file {path} cannot be decoded as an image ({type(exc).__name__}: {exc}); "
+            "fix: check that it is a complete PNG/JPEG/BMP/TIFF file (re-download or re-export it)"
+        ) from exc
+
+
+def _image_array(im: Image.Image, path: Path) -> np.ndarray:
+    """Pillow image -> float32 ``[C, H, W]`` in [0, 1] (see :func:`read_image`)."""
+    mode = im.mode
+    if mode == "1":
+        arr = np.asarray(im, dtype=np.float32)[None]
+    elif mode in ("L", "LA"):
+        arr = np.asarray(im.getchannel(0), dtype=np.float32)[None] / 255.0
+    elif mode.startswith("I;16"):
+        arr = np.asarray(im).astype(np.float32)[None] / 65535.0
+    elif mode == "I":
+        raw = np.asarray(im)
+        if raw.size and (raw.min() < 0 or raw.max() > 65535):
+            raise DataError(
+                f"image file {path} holds 32-bit integers in [{raw.min()}, {raw.max()}], outside 16-bit range; "
+                "fix: save it as an 8- or 16-bit image"
+            )
+        arr = raw.astype(np.float32)[None] / 65535.0
+    elif mode in _IMAGE_CHANNELS:  # colour modes; alpha is dropped
+        arr = np.asarray(im.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0
+    else:
+        raise DataError(
+            f"image file {path} has unsupported pixel mode {mode!r}; fix: save it as 8/16-bit grayscale or 8-bit RGB"
+        )
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read a 2D image as float32 scaled to [0, 1].
+
+    8-bit files are divided by 255 and 16-bit files by 65535. Grayscale gives one channel; RGB, palette and other
+    colour modes give three; an alpha channel is dropped (RGBA -> RGB, LA -> L).
+
+    Args:
+        path: Image file (PNG, JPEG, BMP, TIFF, ...).
+
+    Returns:
+        Array of shape ``[C, H, W]``, C in {1, 3}, dtype float32.
+
+    Raises:
+        DataError: missing, zero-byte, truncated, corrupt, non-image, multi-frame or float-valued files.
+    """
+    return _decode(path, "image", lambda im: _image_array(im, Path(path)))
+
+
+def image_channels(path: str | Path) -> int:
+    """Channel count :func:`read_image` will return for ``path``, from the file header only (no pixel decoding).
+
+    Raises:
+        DataError: the file is missing, empty, not an image, or has an unsupported pixel mode.
+    """
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        read_image(path)  # raises the descriptive DataError
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+    except Exception as exc:
+        raise DataError(
+            f"image file {path} cannot be opened as an image ({type(exc).__name__}: {exc}); "
+            "fix: check that it is a complete PNG/JPEG/BMP/TIFF file"
+        ) from exc
+    if mode not in _IMAGE_CHANNELS:
+        raise DataError(
+            f"image file {path} has unsupported pixel mode {mode!r}; fix: save it as 8/16-bit grayscale or 8-bit RGB"
+        )
+    return _IMAGE_CHANNELS[mode]
+
+
+def _mask_values(im: Image.Image, path: Path) -> np.ndarray:
+    """Pillow image -> stored integer values ``[H, W]`` (palette indices for palette images)."""
+    mode = im.mode
+    if mode in ("1", "L", "P") or mode.startswith("I"):
+        return np.asarray(im).astype(np.int64)
+    if mode in ("LA", "PA"):
+        return np.asarray(im)[..., 0].astype(np.int64)
+    if mode in ("RGB", "RGBA", "RGBX"):
+        rgb = np.asarray(im)[..., :3]
+        if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all()):
+            raise DataError(
+                f"mask file {path} is a 3-channel mask whose colour channels differ; dragsaw reads class indices "
+                "from single-channel masks; fix: save it as a single-channel (grayscale or palette) PNG with one "
+                "value per class"
+            )
+        return rgb[..., 0].astype(np.int64)
+    raise DataError(
+        f"mask file {path} has pixel mode {mode!r}, which cannot hold class indices; "
+        "fix: save it as a single-channel 8- or 16-bit PNG"
+    )
+
+
+def _check_value_map(value_map: Mapping[int, int] | None, num_classes: int) -> dict[int, int] | None:
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
+        raise ConfigError(f"num_classes must be an integer >= 2 (background included), got {num_classes!r}")
+    if value_map is None:
+        return None
+    if not isinstance(value_map, Mapping) or not value_map:
+        raise ConfigError(f"value_map must be a non-empty mapping {{stored value: class index}}, got {value_map!r}")
+    checked: dict[int, int] = {}
+    for key, cls in value_map.items():
+        ok_key = isinstance(key, (int, np.integer)) and not isinstance(key, bool)
+        ok_cls = isinstance(cls, (int, np.integer)) and not isinstance(cls, bool) and 0 <= cls < num_classes
+        if not (ok_key and ok_cls):
+            raise ConfigError(
+                f"value_map entry {key!r}: {cls!r} is invalid; keys must be stored integer values and values class "
+                f"indices in 0..{num_classes - 1} (num_classes={num_classes})"
+            )
+        checked[int(key)] = int(cls)
+    return checked
+
+
+def _fmt_values(values: np.ndarray | list[int], limit: int = 10) -> str:
+    values = [int(v) for v in values]
+    text = ", ".join(str(v) for v in values[:limit])
+    return "{" + text + (f", ... ({len(values)} in all)" if len(values) > limit else "") + "}"
+
+
+def map_mask_values(
+    values: np.ndarray, num_classes: int = 2, value_map: Mapping[int, int] | None = None, *, source: str | Path = "?"
+) -> np.ndarray:
+    """Map stored integer mask values to class indices (shared by 2D and volume readers).
+
+    Without ``value_map``: a binary task (``num_classes == 2``) accepts values within {0, 1} or within {0, 255}
+    (255 -> 1); a K-class task accepts values already in ``0..K-1``. With ``value_map`` every stored value must be a
+    key of it.
+
+    Args:
+        values: Stored integer values, any shape ``[*S]``.
+        num_classes: K, background included.
+        value_map: Optional {stored value: class index}.
+        source: File named in error messages.
+
+    Returns:
+        int64 array ``[*S]`` with values in ``0..K-1``.
+
+    Raises:
+        ConfigError: invalid ``num_classes`` or ``value_map``.
+        DataError: a stored value is not accounted for (names the file, the values and the fix).
+    """
+    vmap = _check_value_map(value_map, num_classes)
+    values = np.asarray(values)
+    present = np.unique(values)
+    if vmap is not None:
+        keys = np.array(sorted(vmap), dtype=np.int64)
+        unexpected = np.setdiff1d(present, keys)
+        if unexpected.size == 0:
+            classes = np.array([vmap[int(k)] for k in keys], dtype=np.int64)
+            return classes[np.searchsorted(keys, values)]
+        expected, fix = keys, "add these values to value_map, or fix the mask file"
+    elif num_classes == 2:
+        candidates = [np.array([0, 1]), np.array([0, 255])]
+        misses = [np.setdiff1d(present, c) for c in candidates]
+        if misses[0].size == 0:
+            return values.astype(np.int64)
+        if misses[1].size == 0:
+            return (values // 255).astype(np.int64)
+        best = 0 if misses[0].size <= misses[1].size else 1
+        expected, unexpected = candidates[best], misses[best]
+        fix = "pass value_map={stored value: class index} or set num_classes to the number of classes"
+    else:
+        expected = np.arange(num_classes)
+        unexpected = np.setdiff1d(present, expected)
+        if unexpected.size == 0:
+            return values.astype(np.int64)
+        fix = "pass value_map={stored value: class index} (e.g. {0: 0, 128: 1, 255: 2}) or set num_classes"
+    raise DataError(
+        f"mask file {source} has values {_fmt_values(unexpected)} not accounted for in a {num_classes}-class task "
+        f"(expected values within {_fmt_values(expected)}; values present: {_fmt_values(present)}); fix: {fix}"
+    )
+
+
+def _warn_jpeg_once(path: Path) -> None:
+    folder = path.parent.resolve()
+    if folder in _JPEG_WARNED_DIRS:
+        return
+    _JPEG_WARNED_DIRS.add(folder)
+    warnings.warn(
+        f"mask file {path} is a lossy JPEG: its values are thresholded at {_JPEG_THRESHOLD} (>= {_JPEG_THRESHOLD} "
+        f"-> foreground); the other JPEG masks in {folder} are thresholded the same way without another warning. "
+        "Save masks as PNG to avoid compression artefacts at the border.",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+def read_mask(path: str | Path, num_classes: int = 2, value_map: Mapping[int, int] | None = None) -> np.ndarray:
+    """Read a 2D mask as class indices, applying the module's value policies.
+
+    Args:
+        path: Mask file. JPEG masks (``.jpg``/``.jpeg``) are thresholded at 128 with a warning (once per folder);
+            they are accepted only for binary tasks without ``value_map``.
+        num_classes: K, background included (2 for binary segmentation).
+        value_map: Optional {stored value: class index} for multi-class masks (or binary masks stored with other
+            values). Palette PNGs are read as their palette indices.
+
+    Returns:
+        int64 array ``[H, W]`` with values in ``0..K-1``.
+
+    Raises:
+        ConfigError: invalid ``num_classes`` or ``value_map``.
+        DataError: unreadable file, multi-coloured 3-channel mask, or stored values no policy accounts for.
+    """
+    path = Path(path)
+    _check_value_map(value_map, num_classes)
+    values = _decode(path, "mask", lambda im: _mask_values(im, path))
+    if path.suffix.lower() in JPEG_SUFFIXES:
+        if num_classes != 2 or value_map is not None:
+            raise DataError(
+                f"mask file {path} is a lossy JPEG, whose values cannot be mapped exactly to classes "
+                f"(num_classes={num_classes}, value_map={value_map!r}); fix: save the masks as PNG, or use "
+                "num_classes=2 without value_map to threshold them at 128"
+            )
+        _warn_jpeg_once(path)
+        return (values >= _JPEG_THRESHOLD).astype(np.int64)
+    return map_mask_values(values, num_classes, value_map, source=path)
+
+
+def check_same_size(
+    image_path: str | Path, image_hw: tuple[int, ...], mask_path: str | Path, mask_hw: tuple[int, ...]
+) -> None:
+    """Raise unless an image and its mask have the same spatial size.
+
+    Args:
+        image_path: Image file, named in the error.
+        image_hw: Spatial size of the image, ``(H, W)``.
+        mask_path: Mask file, named in the error.
+        mask_hw: Spatial size of the mask, ``(H, W)``.
+
+    Raises:
+        DataError: the sizes differ (names both files and sizes).
+    """
+    if tuple(image_hw) != tuple(mask_hw):
+        fmt = "x".join
+        raise DataError(
+            f"image {image_path} is {fmt(map(str, image_hw))} (HxW) but its mask {mask_path} is "
+            f"{fmt(map(str, mask_hw))}; fix: make image and mask the same size (resize the mask with nearest "
+            "neighbour) or pair the right files"
+        )
+
+
+def read_case(
+    case: Case, num_classes: int = 2, value_map: Mapping[int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read a case's image and mask, merging several mask files and filling negatives with background.
+
+    Args:
+        case: The case; see :meth:`Case.mask_files`.
+        num_classes: K, background included.
+        value_map: Optional {stored value: class index}, applied to every mask file.
+
+    Returns:
+        ``(image, mask)``: float32 ``[C, H, W]`` in [0, 1] and int64 ``[H, W]`` in ``0..K-1``. Merged masks are
+        the union of their foregrounds.
+
+    Raises:
+        DataError: unreadable files, mask values no policy accounts for, size mismatches, or merged masks that
+        give one pixel two different foreground classes.
+    """
+    image = read_image(case.image)
+    hw = image.shape[1:]
+    mask = np.zeros(hw, dtype=np.int64)
+    first: Path | None = None
+    for mask_path in case.mask_files():
+        part = read_mask(mask_path, num_classes, value_map)
+        check_same_size(case.image, hw, mask_path, part.shape)
+        clash = (mask > 0) & (part > 0) & (mask != part)
+        if clash.any():
+            raise DataError(
+                f"case {case.case_id!r}: masks {first} and {mask_path} give {int(clash.sum())} pixels different "
+                "foreground classes; fix: merge only masks of one class, or combine them into one mask file"
+            )
+        mask = np.maximum(mask, part)
+        first = first or mask_path
+    return image, mask
