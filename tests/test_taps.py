@@ -106,3 +106,10 @@ def test_receptive_field_3d_dilated():
     model = nn.Sequential(nn.Conv3d(1, 2, 3, padding=2, dilation=2), nn.ReLU(), nn.Conv3d(2, 2, 3, stride=2, padding=1))
     rf = receptive_field(model, "2", (1, 1, 24, 24, 24))
     assert rf.stride == (2, 2, 2) and rf.size == (7, 7, 7)
+
+
+def test_receptive_field_ignores_instance_norm_statistics():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.InstanceNorm2d(2), nn.ReLU(), nn.Conv2d(2, 2, 3, padding=1))
+    rf = receptive_field(model, "3", (1, 1, 32, 32))
+    assert rf.size == (5, 5) and rf.stride == (1, 1)
+    assert isinstance(model[1], nn.InstanceNorm2d)  # the model itself is untouched

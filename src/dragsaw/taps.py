@@ -139,8 +139,17 @@ class ReceptiveField:
 
 
 def _positive_copy(model: nn.Module) -> nn.Module:
-    """A float64 copy with positive weights and identity-like norms, so no gradient path is cut by a ReLU."""
+    """A float64 copy with positive weights and identity-like norms, so no gradient path is cut by a ReLU.
+
+    Instance and group norms (which mix every location of an image) become identities: the receptive field is
+    a property of the convolutions and pools, not of per-image statistics.
+    """
     probe = copy.deepcopy(model).double().eval()
+    global_norms = (nn.modules.instancenorm._InstanceNorm, nn.GroupNorm, nn.LayerNorm)
+    for name, module in list(probe.named_modules()):
+        if name and isinstance(module, global_norms):
+            parent, _, child = name.rpartition(".")
+            setattr(probe.get_submodule(parent) if parent else probe, child, nn.Identity())
     with torch.no_grad():
         for module in probe.modules():
             for pname, param in module.named_parameters(recurse=False):

@@ -1,0 +1,190 @@
+"""The ``dragsaw`` command line: thin argument parsing over plain functions (which the tests call directly).
+
+Every user-facing failure is printed as one paragraph (what, which file or value, how to fix) with a non-zero
+exit code; ``--debug`` shows the Python traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from pathlib import Path
+
+from .errors import ConfigError, DragsawError
+
+__all__ = ["main", "build_parser"]
+
+EXIT_ERROR = 2
+
+
+def _config(args) -> "RunConfig":  # noqa: F821
+    from .config import apply_overrides, load_preset
+
+    config = load_preset(args.preset, args.profile)
+    if getattr(args, "data_root", None):
+        config.data.root = str(args.data_root)
+    if getattr(args, "extra_root", None):
+        config.data.extra_root = str(args.extra_root)
+    return apply_overrides(config, args.set or [])
+
+
+def cmd_train(args) -> int:
+    from .engine import train
+
+    if args.resume:
+        from .engine.run import resume_config
+
+        if args.preset or args.data_root:
+            raise ConfigError("--resume continues a run with its own config.yaml; drop --preset/--data-root "
+                              "(use --set train.epochs=N to extend it).")
+        out = Path(args.resume)
+        config = resume_config(out, args.set or [])
+    else:
+        if not args.preset:
+            raise ConfigError("dragsaw train needs --preset NAME (see `dragsaw presets`) or --resume RUN.")
+        config = _config(args)
+        out = Path(args.out) if args.out else Path("runs") / config.name
+    metrics = train(config, out, resume=bool(args.resume), progress=not args.quiet)
+    _print_summary(metrics, out)
+    return 0
+
+
+def _print_summary(metrics: dict, where: Path) -> None:
+    for split in ("val", "test"):
+        if split in metrics:
+            mean = metrics[split]["mean"]
+            print(
+                f"{split:>5}: Dice {mean['dice_fg']['mean']:.4f}  Jaccard {mean['jaccard_fg']['mean']:.4f}  "
+                f"accuracy {mean['accuracy']['mean']:.4f}  ({mean['dice_fg']['n']} cases)"
+            )
+    print(f"results in {where}")
+
+
+def cmd_evaluate(args) -> int:
+    from .engine import evaluate_run
+
+    config = _config(args) if args.preset else None
+    if config is None and (args.data_root or args.set):
+        raise ConfigError("--data-root/--set need --preset NAME to describe the other dataset.")
+    metrics = evaluate_run(args.run, config, out=args.out)
+    _print_summary(metrics, Path(args.out) if args.out else Path(args.run) / "evaluation")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .engine import load_task
+    from .inference import predict_files
+
+    task, _ = load_task(args.run)
+    inputs = []
+    for item in args.inputs:
+        path = Path(item)
+        inputs += sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")) if path.is_dir() else [path]
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the output directory {str(out)!r} ({exc}); choose a writable --out.") from exc
+    dc = task.config.data
+    written, failures = predict_files(task.model, inputs, out, num_classes=dc.num_classes,
+                                      input_size=dc.input_size, mean=dc.mean, std=dc.std)
+    print(f"wrote {len(written)} files for {len(inputs) - len(failures)} of {len(inputs)} inputs to {out}")
+    for path, reason in failures.items():
+        print(f"error: {path}: {reason}", file=sys.stderr)
+    return EXIT_ERROR if failures else 0
+
+
+def cmd_presets(args) -> int:
+    from .config import available_presets
+
+    for name, description in available_presets().items():
+        print(f"{name:<14} {description}")
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from .data import write_folder
+
+    out = write_folder(args.out, n_train=args.train, n_test=args.test, size=(args.size, args.size),
+                       seed=args.seed, num_classes=args.classes)
+    print(f"wrote {args.train} training and {args.test} test pairs to {out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.out), quick=args.quick)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dragsaw", description="PDCR + UAFS medical image segmentation.")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="baseline vs PDCR+UAFS on embedded synthetic data (minutes on a CPU)")
+    demo.add_argument("--out", default="dragsaw-demo", help="output directory (default: dragsaw-demo)")
+    demo.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds), not meaningful numbers")
+    demo.set_defaults(func=cmd_demo)
+
+    def data_args(p, required_preset: bool) -> None:
+        p.add_argument("--preset", required=required_preset, help="preset name (`dragsaw presets`) or YAML file")
+        p.add_argument("--profile", default=None, help="preset profile, e.g. cpu")
+        p.add_argument("--data-root", help="dataset folder in its official layout")
+        p.add_argument("--extra-root", help="second dataset folder (PH2 for the isic2016-ph2 protocol)")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.epochs=5")
+
+    train = sub.add_parser("train", help="train a model into a run directory")
+    data_args(train, required_preset=False)
+    train.add_argument("--out", help="run directory (default: runs/<preset>)")
+    train.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a run (on its own data, or on another preset's data)")
+    evaluate.add_argument("run", help="run directory or checkpoint")
+    data_args(evaluate, required_preset=False)
+    evaluate.add_argument("--out", help="where metrics.json and overlays go (default: RUN/evaluation)")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    predict = sub.add_parser("predict", help="predict masks, probabilities and uncertainty maps for images")
+    predict.add_argument("run", help="run directory or checkpoint")
+    predict.add_argument("inputs", nargs="+", help="image files or folders")
+    predict.add_argument("--out", required=True, help="output directory")
+    predict.set_defaults(func=cmd_predict)
+
+    presets = sub.add_parser("presets", help="list the presets")
+    presets.set_defaults(func=cmd_presets)
+
+    synth = sub.add_parser("synth", help="write the synthetic dermoscopy-like dataset (generic folder layout)")
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--train", type=int, default=80)
+    synth.add_argument("--test", type=int, default=20)
+    synth.add_argument("--size", type=int, default=256)
+    synth.add_argument("--classes", type=int, default=2)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=cmd_synth)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dragsaw`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (DragsawError, FileNotFoundError, PermissionError) as exc:
+        if args.debug:
+            raise
+        message = textwrap.fill(f"dragsaw {args.command}: error: {exc}", width=100)
+        print(message, file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""Run configuration: dataclasses mirrored by the YAML presets in ``dragsaw/presets``.
+
+Precedence: dataclass defaults < preset YAML < preset profile (e.g. ``cpu``) < ``--set key=value`` overrides.
+Modules never see these objects; the engine turns them into explicit constructor arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+__all__ = [
+    "DataConfig", "ModelConfig", "PDCRConfig", "UAFSConfig", "TrainConfig", "RunConfig",
+    "available_presets", "load_preset", "apply_overrides", "config_to_dict", "config_from_dict",
+]
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how it is read. ``input_size`` is (H, W) for 2D, (D, H, W) patches for 3D."""
+
+    dataset: str = "folder"
+    root: str | None = None
+    extra_root: str | None = None  # e.g. PH2 for the isic2016-ph2 protocol
+    num_classes: int = 2
+    class_names: list[str] | None = None
+    input_size: list[int] = field(default_factory=lambda: [512, 512])
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    value_map: dict[int, int] | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+
+@dataclass
+class ModelConfig:
+    """Host network by registry name, its constructor options and an optional local weights file."""
+
+    name: str = "unet"
+    spatial_dims: int = 2
+    options: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+
+
+@dataclass
+class PDCRConfig:
+    """The PDCR regulariser (METHOD.md section 0). ``layers``/``cross_layers`` override the host's defaults."""
+
+    enabled: bool = True
+    encoder_weight: float = 0.1
+    decoder_weight: float = 0.01
+    cross_weight: float = 0.01
+    encoder_samples: list[int] = field(default_factory=lambda: [64, 32])
+    decoder_samples: list[int] = field(default_factory=lambda: [32, 8])
+    cross_samples: int = 32
+    patch_sizes: list[int] | str = field(default_factory=lambda: [5, 7, 9])
+    temperature: float = 1.0
+    sampling: str = "grid"
+    border: int | None = None
+    projection_dim: int = 128
+    orientation: str = "intended"
+    layers: dict[str, str] | None = None  # name -> role ("encoder" or "decoder")
+    cross_layers: list[list[str]] | None = None
+
+
+@dataclass
+class UAFSConfig:
+    """The UAFS blocks (METHOD.md section 2). ``points`` overrides the host's default insertion points."""
+
+    enabled: bool = True
+    branches: int = 2
+    kernel_size: int = 3
+    hidden: int | None = None
+    points: list[str] | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation (Adam, warm-up then cosine), loss and Lightning trainer settings."""
+
+    epochs: int = 300
+    max_steps: int | None = None
+    batch_size: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    warmup_epochs: float = 2.0
+    min_lr: float = 1e-5
+    dice_weight: float = 0.0
+    class_weights: list[float] | None = None
+    precision: str = "32-true"
+    accelerator: str = "auto"
+    devices: int = 1
+    num_workers: int = 0
+    seed: int = 666
+    deterministic: bool = False
+    val_every: int = 1
+    limit_val_batches: int | float = 1.0
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; saved resolved as ``config.yaml`` in the run directory."""
+
+    name: str = "run"
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pdcr: PDCRConfig = field(default_factory=PDCRConfig)
+    uafs: UAFSConfig = field(default_factory=UAFSConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "pdcr": PDCRConfig, "uafs": UAFSConfig, "train": TrainConfig}
+
+
+def _unknown(key: str, valid, where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, list(valid), n=3)
+    hint = f" Did you mean {close}?" if close else ""
+    return ConfigError(f"unknown config key {where}{key!r}.{hint} Valid keys: {sorted(valid)}.")
+
+
+def config_from_dict(raw: dict, where: str = "") -> RunConfig:
+    """Build a :class:`RunConfig` from nested dicts, rejecting unknown keys with a suggestion."""
+    raw = dict(raw or {})
+    raw.pop("profiles", None)
+    top = {f.name for f in dataclasses.fields(RunConfig)}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in top:
+            raise _unknown(key, top, where)
+        if key in _SECTIONS:
+            cls = _SECTIONS[key]
+            names = {f.name for f in dataclasses.fields(cls)}
+            for sub in value or {}:
+                if sub not in names:
+                    raise _unknown(sub, names, f"{where}{key}.")
+            kwargs[key] = cls(**(value or {}))
+        else:
+            kwargs[key] = value
+    return RunConfig(**kwargs)
+
+
+def config_to_dict(config: RunConfig) -> dict:
+    """Plain nested dicts (YAML-ready)."""
+    return dataclasses.asdict(config)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in (update or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("options", "value_map"):
+            out[key] = _merge(out[key], value)
+        else:  # scalars, lists and free-form dicts (model options, value maps) are replaced whole
+            out[key] = value
+    return out
+
+
+def _preset_dir():
+    return resources.files("dragsaw") / "presets"
+
+
+def available_presets() -> dict[str, str]:
+    """Preset name -> one-line description."""
+    out = {}
+    for entry in sorted(_preset_dir().iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".yaml"):
+            raw = yaml.safe_load(entry.read_text()) or {}
+            out[entry.name[:-5]] = str(raw.get("description", "")).strip().splitlines()[0] if raw.get("description") else ""
+    return out
+
+
+def load_preset(name: str, profile: str | None = None) -> RunConfig:
+    """Load a preset by name (or a YAML file path) and apply ``profile`` (e.g. ``"cpu"``).
+
+    Raises:
+        ConfigError: unknown preset or profile (listing the valid ones), unreadable YAML, unknown keys.
+    """
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"preset file {str(path)!r} does not exist; give a preset name ({', '.join(available_presets())}) or an existing YAML file.")
+        text, label = path.read_text(), str(path)
+    else:
+        entry = _preset_dir() / f"{name}.yaml"
+        if not entry.is_file():
+            names = list(available_presets())
+            close = difflib.get_close_matches(name, names, n=3)
+            hint = f" Did you mean {close}?" if close else ""
+            raise ConfigError(f"unknown preset {name!r}.{hint} Available presets: {', '.join(names)} (see `dragsaw presets`).")
+        text, label = entry.read_text(), name
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"preset {label!r} is not valid YAML: {exc}") from exc
+    profiles = raw.get("profiles") or {}
+    if profile is not None:
+        if profile not in profiles:
+            raise ConfigError(f"preset {label!r} has no profile {profile!r}; available: {sorted(profiles) or 'none'}.")
+        raw = _merge(raw, profiles[profile])
+    raw.setdefault("name", path.stem if path.suffix else name)
+    return config_from_dict(raw, where=f"in preset {label!r}: ")
+
+
+def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply ``section.key=value`` overrides (values parsed as YAML, e.g. ``train.epochs=5``, ``pdcr.enabled=false``).
+
+    Raises:
+        ConfigError: malformed override or unknown key.
+    """
+    raw = config_to_dict(config)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.epochs=5.")
+        key, _, text = item.partition("=")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc}).") from exc
+        parts = key.strip().split(".")
+        node = raw
+        for depth, part in enumerate(parts[:-1]):
+            if not isinstance(node.get(part), dict):
+                if depth >= 1 and part not in node:  # free-form dicts such as model.options
+                    node[part] = {}
+                else:
+                    raise _unknown(part, [k for k, v in node.items() if isinstance(v, dict)], "in override: ")
+            node = node[part]
+        node[parts[-1]] = value
+    return config_from_dict(raw, where="after --set: ")

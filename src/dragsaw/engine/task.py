@@ -1,0 +1,164 @@
+"""The Lightning module: segmentation loss + weighted PDCR terms, UAFS inside the host, per-case validation."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceLoss
+
+from ..config import RunConfig, config_from_dict, config_to_dict
+from ..errors import DragsawError
+from ..metrics import case_metrics, resize_logits_to, summarize
+from ..taps import FeatureTaps
+from .build import build_network
+
+__all__ = ["SegmentationTask", "NonFiniteLossError", "warmup_cosine"]
+
+
+class NonFiniteLossError(DragsawError):
+    """The training loss became NaN or infinite."""
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """LR multiplier: linear warm-up from 0 over ``warmup`` steps, then cosine down to ``min_ratio`` at ``total``.
+
+    The schedule is applied after each step, so step 0 runs at the base rate (as the paper's code does).
+    """
+    if step == 0:
+        return 1.0
+    if warmup > 0 and step < warmup:
+        return step / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def main_logits(output) -> torch.Tensor:
+    """The full-resolution logits of a host's output (deep-supervision hosts return a list, finest first)."""
+    return output[0] if isinstance(output, (list, tuple)) else output
+
+
+class SegmentationTask(L.LightningModule):
+    """Train a host network with cross-entropy (+ optional Dice) and the PDCR regulariser.
+
+    Args:
+        config: the resolved run configuration as a dict (saved in every checkpoint, so a checkpoint alone
+            rebuilds the network).
+        in_channels: channels of the input images.
+        steps_per_epoch: optimizer steps per epoch (for the warm-up/cosine schedule).
+    """
+
+    def __init__(self, config: dict, in_channels: int, steps_per_epoch: int = 1) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.config: RunConfig = config_from_dict(config)
+        network = build_network(self.config, in_channels)
+        self.model = network.model
+        self.pdcr = network.pdcr
+        self.tap_names = network.tap_names
+        self.strides = network.strides
+        tc = self.config.train
+        weights = torch.tensor(tc.class_weights, dtype=torch.float32) if tc.class_weights else None
+        self.register_buffer("class_weights", weights, persistent=False)
+        self.dice = DiceLoss(to_onehot_y=True, softmax=True) if tc.dice_weight > 0 else None
+        self._taps: FeatureTaps | None = None
+        self._val_cases: list[dict] = []
+
+    @classmethod
+    def from_config(cls, config: RunConfig, in_channels: int, steps_per_epoch: int = 1) -> SegmentationTask:
+        return cls(config_to_dict(config), in_channels, steps_per_epoch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, K, *S]`` for images ``[B, C, *S]`` (the host's full-resolution output)."""
+        return main_logits(self.model(x))
+
+    # -------------------------------------------------------------- taps
+    def _ensure_taps(self) -> None:
+        if self._taps is None and self.tap_names:
+            self._taps = FeatureTaps(self.model, self.tap_names)
+
+    def remove_taps(self) -> None:
+        """Remove the forward hooks (called at the end of fitting; nothing stays attached to the model)."""
+        if self._taps is not None:
+            self._taps.close()
+            self._taps = None
+
+    def on_fit_end(self) -> None:
+        self.remove_taps()
+
+    # -------------------------------------------------------------- training
+    def segmentation_loss(self, output, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy (+ Dice) on the logits; deep-supervision outputs get weights 1/2^i (normalised)."""
+        outputs = list(output) if isinstance(output, (list, tuple)) else [output]
+        weights = [0.5**i for i in range(len(outputs))]
+        total = 0.0
+        for weight, logits in zip(weights, outputs):
+            target = labels
+            if logits.shape[2:] != labels.shape[1:]:
+                target = F.interpolate(labels[:, None].float(), size=logits.shape[2:], mode="nearest")[:, 0].long()
+            loss = F.cross_entropy(logits.float(), target, weight=self.class_weights)
+            if self.dice is not None:
+                loss = loss + self.config.train.dice_weight * self.dice(logits.float(), target[:, None])
+            total = total + weight * loss
+        return total / sum(weights)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        self._ensure_taps()
+        images, labels = batch["image"], batch["label"]
+        output = self.model(images)
+        features = self._taps.pop() if self._taps is not None else {}
+        seg = self.segmentation_loss(output, labels)
+        loss = seg
+        logs = {"train/seg": seg.detach()}
+        if self.pdcr is not None:
+            result = self.pdcr(features, labels, self.strides)
+            loss = loss + result.total
+            logs["train/pdcr"] = result.total.detach()
+            logs.update({f"train/pdcr/{k}": v for k, v in result.terms.items()})
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the training loss became {loss.item()} at global step {self.global_step} (epoch "
+                f"{self.current_epoch}, batch {batch_idx}); terms: "
+                f"{ {k: round(float(v), 6) for k, v in logs.items()} }. The last good checkpoint is kept. Lower "
+                "train.lr, check the data with `dragsaw verify`, or use precision 32-true."
+            )
+        logs["train/loss"] = loss.detach()
+        self.log_dict(logs, on_step=True, on_epoch=True, batch_size=images.shape[0], prog_bar=False)
+        self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
+        return loss
+
+    # -------------------------------------------------------------- validation
+    def on_validation_epoch_start(self) -> None:
+        self._val_cases = []
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        logits = self(batch["image"])
+        if self._taps is not None:
+            self._taps.pop()
+        for i, native in enumerate(batch["label_native"]):
+            pred = resize_logits_to(logits[i : i + 1].float(), tuple(native.shape)).argmax(1)[0]
+            self._val_cases.append(
+                case_metrics(pred.cpu(), native.cpu(), self.config.data.num_classes, include_hd95=False)
+            )
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_cases:
+            return
+        summary = summarize(self._val_cases)
+        for key in ("dice_fg", "jaccard_fg", "accuracy"):
+            self.log(f"val/{key}", summary[key]["mean"], prog_bar=key == "dice_fg")
+
+    # -------------------------------------------------------------- optimisation
+    def configure_optimizers(self):
+        tc = self.config.train
+        optimizer = torch.optim.Adam(self.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        per_epoch = max(1, int(self.hparams.steps_per_epoch))
+        total = tc.max_steps if tc.max_steps else tc.epochs * per_epoch
+        warmup = int(round(tc.warmup_epochs * per_epoch))
+        ratio = tc.min_lr / tc.lr if tc.lr > 0 else 0.0
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, warmup, total, ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

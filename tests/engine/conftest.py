@@ -1,0 +1,32 @@
+"""Fixtures for end-to-end runs: a tiny synthetic dataset and fast overrides."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dragsaw.data import write_folder
+
+FAST = [
+    "model.options.channels=[4, 8, 16]",
+    "data.input_size=[32, 32]",
+    "train.epochs=1",
+    "train.batch_size=4",
+    "pdcr.encoder_samples=[16, 8]",
+    "pdcr.decoder_samples=[8, 4]",
+    "pdcr.cross_samples=8",
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    """12 training + 4 test synthetic pairs of 40x48 in the generic folder layout."""
+    return write_folder(tmp_path_factory.mktemp("synth") / "data", n_train=12, n_test=4, size=(40, 48), seed=1)

@@ -1,0 +1,50 @@
+"""Presets, profiles and overrides: precedence and error messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from dragsaw.config import apply_overrides, available_presets, config_from_dict, config_to_dict, load_preset
+from dragsaw.errors import ConfigError
+
+
+def test_every_preset_loads_with_and_without_cpu_profile():
+    names = available_presets()
+    assert {"isic2016", "isic2017", "ph2", "isic2016-ph2", "montgomery", "digestpath", "folder"} <= set(names)
+    for name in names:
+        paper = load_preset(name)
+        cpu = load_preset(name, "cpu")
+        assert paper.model.name == "deeplabv3plus" and paper.model.options == {"backbone": "xception"}
+        assert cpu.model.name == "unet" and "backbone" not in cpu.model.options  # options replaced whole
+        assert paper.train.lr == 1e-3 and paper.train.epochs == 300
+        assert paper.pdcr.encoder_weight == 0.1 and paper.pdcr.patch_sizes == [5, 7, 9]
+
+
+def test_paper_input_sizes():
+    assert load_preset("isic2016").data.input_size == [512, 512]
+    assert load_preset("isic2017").data.input_size == [384, 512]  # (H, W) for the paper's 512x384 (W x H)
+    assert load_preset("isic2016-ph2").data.dataset == "isic2016_ph2"
+
+
+def test_overrides_take_precedence_and_parse_yaml():
+    config = apply_overrides(load_preset("montgomery", "cpu"), [
+        "train.epochs=3", "pdcr.enabled=false", "data.input_size=[64, 96]", "model.options.channels=[4, 8, 16]",
+    ])
+    assert config.train.epochs == 3 and config.pdcr.enabled is False
+    assert config.data.input_size == [64, 96] and config.model.options["channels"] == [4, 8, 16]
+    assert config_from_dict(config_to_dict(config)) == config  # round trip
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: load_preset("isic2061"), r"unknown preset 'isic2061'. Did you mean .*'isic2016'.*Available presets"),
+        (lambda: load_preset("isic2016", "gpu"), "has no profile 'gpu'"),
+        (lambda: apply_overrides(load_preset("folder"), ["train.epoch=3"]), r"train.'epoch'.*Did you mean \['epochs'\]"),
+        (lambda: apply_overrides(load_preset("folder"), ["epochs"]), "must look like section.key=value"),
+        (lambda: load_preset("/nonexistent/x.yaml"), "does not exist"),
+    ],
+)
+def test_errors(call, match):
+    with pytest.raises(ConfigError, match=match):
+        call()
