@@ -6,14 +6,12 @@ axis; location ``i`` summarises the input block ``[i*s, i*s + s - 1]``. Its patc
 ``K`` classes over the patch's in-image, not-ignored pixels divided by their count. A patch without any valid
 pixel has ``phi_i = 0`` (all zeros), which the loss reads as "leave this location out".
 
-Everything here is computed with box sums over a zero-padded integral image (cumulative sums of the one-hot
-labels along every spatial axis), never with a Python loop over locations: one integral image per label batch,
-then ``2**d`` gathers per set of boxes.
+Everything here is computed with box sums (cumulative sums of the one-hot labels and gathers at the patch
+bounds, one spatial axis after the other), never with a Python loop over locations.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 
 import torch
@@ -44,8 +42,25 @@ def _one_hot_channels(labels: torch.Tensor, num_classes: int, ignore_index: int 
     return onehot.to(torch.int32)
 
 
+def _interval_sums(cumulative: torch.Tensor, axis: int, stride: int, patch: int, size: int) -> torch.Tensor:
+    """Sums over every grid location's patch along ``axis`` from a zero-led cumulative sum along that axis."""
+    index = torch.arange(-(-size // stride), device=cumulative.device)
+    start, end = patch_bounds(index, stride, patch, size)
+    return cumulative.index_select(axis, end) - cumulative.index_select(axis, start)
+
+
+def _cumulative(x: torch.Tensor, axis: int) -> torch.Tensor:
+    """Cumulative sum along ``axis`` with a leading zero plane (int32, exact)."""
+    pad = [0, 0] * (x.ndim - 1 - axis) + [1, 0]
+    return F.pad(torch.cumsum(x, dim=axis, dtype=torch.int32), pad)
+
+
 class LabelIntegral:
-    """Integral image of one-hot labels, for box sums of class counts at arbitrary patches.
+    """Box sums of class counts over a label batch, for any stride and patch length.
+
+    The one-hot labels are summed cumulatively along the first spatial axis once (shared by every stride and
+    patch length); each query then reduces that axis to the grid and repeats the cumulative-sum-and-gather on
+    the (much smaller) remaining axes, so a query costs a fraction of one pass over the labels.
 
     Args:
         labels: int tensor ``[B, *S]`` (``S`` one to three spatial axes) of class indices.
@@ -53,7 +68,6 @@ class LabelIntegral:
         ignore_index: a label value to leave out of every histogram (may lie outside ``0..K-1``).
 
     Attributes:
-        table: int32 ``[B, K, *(S + 1)]``, cumulative counts with a leading zero plane on every axis.
         size: the spatial size ``S``.
     """
 
@@ -64,13 +78,9 @@ class LabelIntegral:
                 "add a batch axis with labels[None] for a single image."
             )
         check_int_labels(labels, num_classes, ignore_index)
-        table = _one_hot_channels(labels, num_classes, ignore_index)
-        spatial = labels.ndim - 1
-        for axis in range(2, 2 + spatial):
-            table = torch.cumsum(table, dim=axis, dtype=torch.int32)
-        self.table = F.pad(table, (1, 0) * spatial)
         self.size = tuple(labels.shape[1:])
         self.num_classes = num_classes
+        self._first = _cumulative(_one_hot_channels(labels, num_classes, ignore_index), 2)
 
     def grid(self, stride: Sequence[int], patch: Sequence[int]) -> torch.Tensor:
         """Class counts for every location of a grid with ``stride``, patches of length ``patch`` (per axis).
@@ -78,11 +88,9 @@ class LabelIntegral:
         Shape:
             returns int32 ``[B, K, *grid]`` with ``grid = ceil(S / stride)`` per axis.
         """
-        out = self.table
-        for axis, (size, s, k) in enumerate(zip(self.size, stride, patch)):
-            index = torch.arange(-(-size // s), device=out.device)
-            start, end = patch_bounds(index, s, k, size)
-            out = out.index_select(axis + 2, end) - out.index_select(axis + 2, start)
+        out = _interval_sums(self._first, 2, stride[0], patch[0], self.size[0])
+        for axis in range(1, len(self.size)):
+            out = _interval_sums(_cumulative(out, axis + 2), axis + 2, stride[axis], patch[axis], self.size[axis])
         return out
 
     def points(self, positions: torch.Tensor, stride: Sequence[int], patch: Sequence[int]) -> torch.Tensor:
@@ -91,22 +99,13 @@ class LabelIntegral:
         Shape:
             ``positions``: long ``[B, N, d]`` feature-grid indices; returns int32 ``[B, K, N]``.
         """
-        batch, count, ndim = positions.shape
-        bounds = []
-        for axis in range(ndim):
-            bounds.append(patch_bounds(positions[..., axis], stride[axis], patch[axis], self.size[axis]))
-        flat = self.table.flatten(2)
-        # linear strides of the padded table
-        strides = [1] * ndim
-        for axis in range(ndim - 2, -1, -1):
-            strides[axis] = strides[axis + 1] * (self.size[axis + 1] + 1)
-        total = torch.zeros(batch, self.num_classes, count, dtype=torch.int32, device=flat.device)
-        for corner in itertools.product((0, 1), repeat=ndim):
-            linear = sum(bounds[a][c] * strides[a] for a, c in enumerate(corner))
-            sign = 1 if (ndim - sum(corner)) % 2 == 0 else -1
-            gathered = flat.gather(2, linear.unsqueeze(1).expand(batch, self.num_classes, count))
-            total = total + sign * gathered
-        return total
+        counts = self.grid(stride, patch)
+        grid = counts.shape[2:]
+        linear = torch.zeros_like(positions[..., 0])
+        for axis, g in enumerate(grid):
+            linear = linear * g + positions[..., axis]
+        flat = counts.flatten(2)
+        return flat.gather(2, linear.unsqueeze(1).expand(-1, flat.shape[1], -1))
 
 
 def counts_to_composition(counts: torch.Tensor, dim: int = 1) -> torch.Tensor:
