@@ -40,8 +40,13 @@ def check_spatial_dims(spatial_dims: int) -> int:
     return spatial_dims
 
 
-def check_int_labels(labels: torch.Tensor, num_classes: int, ignore_index: int | None, name: str = "labels") -> None:
+def check_int_labels(
+    labels: torch.Tensor, num_classes: int, ignore_index: int | None, name: str = "labels"
+) -> torch.Tensor:
     """Check an integer label map: dtype integral and every value in [0, num_classes) or ``ignore_index``.
+
+    Returns:
+        the labels as int64 (compared after widening, so e.g. a uint8 255 never aliases ``ignore_index=-1``).
 
     Raises:
         ValueError: for float labels (with the fix: ``.long()`` after rounding) or out-of-range values (listing
@@ -56,8 +61,9 @@ def check_int_labels(labels: torch.Tensor, num_classes: int, ignore_index: int |
         )
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
+    labels = labels.long()
     if labels.numel() == 0:
-        return
+        return labels
     bad = (labels < 0) | (labels >= num_classes)
     if ignore_index is not None:
         bad &= labels != ignore_index
@@ -68,3 +74,4 @@ def check_int_labels(labels: torch.Tensor, num_classes: int, ignore_index: int |
             f"{name} holds values {values} outside {allowed}. Map them to class indices first (e.g. a {{0, 255}} "
             f"mask to {{0, 1}}), raise num_classes, or set ignore_index."
         )
+    return labels

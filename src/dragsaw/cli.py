@@ -95,6 +95,19 @@ def cmd_predict(args) -> int:
     return EXIT_ERROR if failures else 0
 
 
+def cmd_verify(args) -> int:
+    from .data.verify import verify_dataset
+
+    config = _config(args)
+    if not config.data.root:
+        raise ConfigError("dragsaw verify needs --data-root PATH (the dataset folder in its official layout).")
+    options = {"ph2_root": config.data.extra_root} if config.data.extra_root else {}
+    report = verify_dataset(config.data.dataset, config.data.root, num_classes=config.data.num_classes,
+                            value_map=config.data.value_map, quick=args.quick, **options)
+    print(report.format())
+    return report.exit_code(strict=args.strict)
+
+
 def cmd_presets(args) -> int:
     from .config import available_presets
 
@@ -154,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", nargs="+", help="image files or folders")
     predict.add_argument("--out", required=True, help="output directory")
     predict.set_defaults(func=cmd_predict)
+
+    verify = sub.add_parser("verify", help="check every case of a dataset; exit 0 clean, 1 warnings (--strict), 2 errors")
+    data_args(verify, required_preset=True)
+    verify.add_argument("--strict", action="store_true", help="exit 1 when there are warnings")
+    verify.add_argument("--quick", action="store_true", help="headers plus a sample (what training runs first)")
+    verify.set_defaults(func=cmd_verify)
 
     presets = sub.add_parser("presets", help="list the presets")
     presets.set_defaults(func=cmd_presets)

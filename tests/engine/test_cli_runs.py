@@ -108,3 +108,20 @@ def test_existing_run_directory_is_not_overwritten(trained, tiny_folder, capsys)
     assert main(train_args(tiny_folder, trained)) == 2
     assert "already exists" in capsys.readouterr().err
     assert (trained / "metrics.json").read_text() == before
+
+
+def test_verify_command_exit_codes(tiny_folder, tmp_path, capsys):
+    assert main(["verify", "--preset", "folder", "--data-root", str(tiny_folder)]) == 0
+    assert "problems: 0 error(s)" in capsys.readouterr().out
+    bad = tmp_path / "bad"
+    (bad / "images").mkdir(parents=True)
+    (bad / "masks").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(bad / "images" / "a.png")
+    Image.fromarray(np.full((8, 8), 2, np.uint8)).save(bad / "masks" / "a.png")  # 2 in a binary task
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(bad / "images" / "b.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(bad / "masks" / "b.png")
+    assert main(["verify", "--preset", "folder", "--data-root", str(bad)]) == 2
+    assert "a.png" in capsys.readouterr().out
+    # training runs the quick check first and stops before creating anything
+    assert main(["train", "--preset", "folder", "--data-root", str(bad), "--out", str(tmp_path / "r")]) == 2
+    assert "failed the quick check" in capsys.readouterr().err and not (tmp_path / "r").exists()

@@ -27,6 +27,15 @@ from dragsaw.data.io2d import check_same_size, image_channels, map_mask_values, 
 from dragsaw.data.splits import resolve_splits
 from dragsaw.data.synthetic import generate, write_folder
 from dragsaw.data.transforms2d import NormalizeImage, eval_transforms, resize_transforms, train_transforms
+from dragsaw.data.decathlon import dataset_properties, decathlon
+from dragsaw.data.decathlon import register as _register_decathlon
+from dragsaw.data.dataset3d import VolumeDataset, collate_eval3d, ct_statistics, worker_init_fn3d
+from dragsaw.data.io3d import LoadVolumed, case_to_dict, read_header, to_original_geometry, write_nifti
+from dragsaw.data.synthetic3d import generate3d, write_decathlon
+from dragsaw.data.transforms3d import NormalizeModalities, preprocess_transforms
+from dragsaw.data.transforms3d import train_transforms as train_transforms3d
+
+_register_decathlon(DATASETS)  # find_cases("decathlon", root)
 
 __all__ = [
     "Case",
@@ -55,4 +64,20 @@ __all__ = [
     "worker_init_fn",
     "generate",
     "write_folder",
+    "decathlon",
+    "dataset_properties",
+    "read_header",
+    "case_to_dict",
+    "LoadVolumed",
+    "to_original_geometry",
+    "write_nifti",
+    "NormalizeModalities",
+    "ct_statistics",
+    "preprocess_transforms",
+    "train_transforms3d",
+    "VolumeDataset",
+    "collate_eval3d",
+    "worker_init_fn3d",
+    "generate3d",
+    "write_decathlon",
 ]

@@ -6,17 +6,32 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from ..config import RunConfig
 from ..data import SegmentationDataset, collate_eval, find_cases, resolve_splits, worker_init_fn
-from ..errors import ConfigError
+from ..data.verify import verify_cases
+from ..errors import ConfigError, DataError
 
-__all__ = ["SegmentationData", "cases_for"]
+__all__ = ["EpochSampler", "SegmentationData", "cases_for", "preflight"]
 
 
-def cases_for(config: RunConfig, splits_path: Path | None):
-    """Find the cases of ``config.data`` and complete them to train/val/test (reusing ``splits_path``)."""
+def preflight(found: dict, config: RunConfig) -> None:
+    """The quick dataset check before training or evaluation: errors stop here, with every bad file named."""
+    report = verify_cases(found, num_classes=config.data.num_classes, value_map=config.data.value_map, quick=True)
+    errors = report.of_level("error")
+    if errors:
+        lines = "; ".join(p.line() for p in errors[:5])
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        raise DataError(
+            f"the dataset at {config.data.root} failed the quick check with {len(errors)} error(s): {lines}{more}. "
+            f"Run `dragsaw verify --preset {config.name} --data-root {config.data.root}` for the full report."
+        )
+
+
+def cases_for(config: RunConfig, splits_path: Path | None, *, verify: bool = True):
+    """Find the cases of ``config.data`` (quick-checked) and complete them to train/val/test (reusing
+    ``splits_path``)."""
     dc = config.data
     if not dc.root:
         raise ConfigError(
@@ -24,9 +39,39 @@ def cases_for(config: RunConfig, splits_path: Path | None):
         )
     options = {"ph2_root": dc.extra_root} if dc.extra_root else {}
     found = find_cases(dc.dataset, dc.root, **options)
+    if verify:
+        preflight(found, config)
     return resolve_splits(
         found, val_fraction=dc.val_fraction, test_fraction=dc.test_fraction, seed=dc.split_seed, path=splits_path
     )
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffling whose order and augmentation seeds depend only on ``(seed, epoch)``.
+
+    Lightning calls :meth:`set_epoch` before every training epoch. The permutation, the augmentation random state
+    of the dataset (in-process loading) and the DataLoader's generator (from which worker seeds are drawn) are all
+    re-derived from the seed and the epoch, so a run resumed at an epoch boundary sees exactly the batches an
+    uninterrupted run would.
+    """
+
+    def __init__(self, dataset, seed: int, generator: torch.Generator) -> None:
+        self.dataset, self.seed, self.generator = dataset, int(seed), generator
+        self.epoch = 0
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.generator.manual_seed(self.seed * 1_000_003 + self.epoch)
+        if hasattr(self.dataset, "reseed"):
+            self.dataset.reseed(self.seed * 7_919 + self.epoch)
+
+    def __iter__(self):
+        order = torch.Generator().manual_seed(self.seed * 15_485_863 + self.epoch)
+        return iter(torch.randperm(len(self.dataset), generator=order).tolist())
+
+    def __len__(self) -> int:
+        return len(self.dataset)
 
 
 class SegmentationData(L.LightningDataModule):
@@ -56,15 +101,15 @@ class SegmentationData(L.LightningDataModule):
 
     def _loader(self, dataset, train: bool) -> DataLoader:
         tc = self.config.train
+        generator = torch.Generator()
         return DataLoader(
             dataset,
             batch_size=tc.batch_size,
-            shuffle=train,
+            sampler=EpochSampler(dataset, tc.seed, generator) if train else None,
             drop_last=train and len(dataset) > tc.batch_size,
             num_workers=tc.num_workers,
-            persistent_workers=tc.num_workers > 0,
             collate_fn=None if train else collate_eval,
-            generator=torch.Generator().manual_seed(tc.seed) if train else None,
+            generator=generator if train else None,
             worker_init_fn=worker_init_fn if tc.num_workers > 0 else None,
         )
 

@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from ..inference import evaluate_loader
 from ..metrics import summarize
 from ..report import plot_learning_curves, plot_overlays
-from .callbacks import StepStats, peak_memory_mb
+from .callbacks import AtomicCheckpointIO, StepStats, peak_memory_mb
 from .datamodule import SegmentationData
 from .task import SegmentationTask
 
@@ -122,7 +122,7 @@ def _setup(config: RunConfig, run_dir: Path, resume: bool, progress: bool):
         ],
         log_every_n_steps=max(1, min(20, data.steps_per_epoch())), enable_progress_bar=progress,
         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=tc.limit_val_batches,
-        default_root_dir=run_dir,
+        default_root_dir=run_dir, plugins=[AtomicCheckpointIO()],
     )
     return trainer, task, data, checkpoint, stats, old_log
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import random
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
@@ -38,6 +40,12 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
 def main_logits(output) -> torch.Tensor:
     """The full-resolution logits of a host's output (deep-supervision hosts return a list, finest first)."""
     return output[0] if isinstance(output, (list, tuple)) else output
+
+
+def _numpy_state_to_plain(state: tuple) -> tuple:
+    """numpy's RNG state with its key array as a tensor (checkpoints load with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, cached = state
+    return kind, torch.from_numpy(keys.copy()), int(pos), int(has_gauss), float(cached)
 
 
 class SegmentationTask(L.LightningModule):
@@ -149,6 +157,27 @@ class SegmentationTask(L.LightningModule):
         summary = summarize(self._val_cases)
         for key in ("dice_fg", "jaccard_fg", "accuracy"):
             self.log(f"val/{key}", summary[key]["mean"], prog_bar=key == "dice_fg")
+
+    # -------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep the global random states (dropout, random PDCR sampling) so a resumed run continues them."""
+        checkpoint["dragsaw_rng"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": _numpy_state_to_plain(np.random.get_state()),
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("dragsaw_rng")
+        if state is None or getattr(self, "_trainer", None) is None:  # only when a Trainer resumes, not on load
+            return
+        torch.set_rng_state(state["torch"])
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
+        random.setstate(state["python"])
+        if state["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
 
     # -------------------------------------------------------------- optimisation
     def configure_optimizers(self):

@@ -77,7 +77,7 @@ class LabelIntegral:
                 f"labels must have shape [B, *S] with 1 to 3 spatial axes, got shape {tuple(labels.shape)}; "
                 "add a batch axis with labels[None] for a single image."
             )
-        check_int_labels(labels, num_classes, ignore_index)
+        labels = check_int_labels(labels, num_classes, ignore_index)
         self.size = tuple(labels.shape[1:])
         self.num_classes = num_classes
         self._first = _cumulative(_one_hot_channels(labels, num_classes, ignore_index), 2)
