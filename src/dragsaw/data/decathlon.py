@@ -227,7 +227,7 @@ def decathlon(root: str | Path) -> CasesBySplit:
     _orphans(root / "labelsTr", labels, used, "label")
     result = {"train": _unique(train, layouts, json_path)}
 
-    tests = [_rel(root, t if isinstance(t, str) else (t or {}).get("image"), "test") for t in meta.get("test") or []]
+    tests = [_rel(root, t.get("image") if isinstance(t, dict) else t, "test") for t in meta.get("test") or []]
     tests = [t for t in tests if not t.name.startswith("._")]
     if tests and not (root / "labelsTs").is_dir():
         warnings.warn(

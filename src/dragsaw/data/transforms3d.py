@@ -126,11 +126,11 @@ class NormalizeModalities:
                 f"the image has {image.shape[0]} channel(s) but {len(self.modalities)} modalities were given "
                 f"({list(self.modalities)}); fix: pass one modality name per channel"
             )
-        x = torch.as_tensor(image).to(torch.float32)
+        x = (image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)).to(torch.float32)
         out = torch.empty_like(x)
         region = (x != 0).any(dim=0)
         n = int(region.sum())
-        for c, modality in enumerate(self.modalities):
+        for c in range(len(self.modalities)):
             if c in self.ct_stats:
                 s = self.ct_stats[c]
                 clipped = x[c].clamp(s["percentile_00_5"], s["percentile_99_5"])

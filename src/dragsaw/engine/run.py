@@ -94,6 +94,8 @@ def _quiet_lightning() -> None:
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty.*")  # resume
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty.*")  # resume
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*number of training batches.*")
 
