@@ -10,14 +10,29 @@ from dragsaw.errors import ConfigError
 
 def test_every_preset_loads_with_and_without_cpu_profile():
     names = available_presets()
-    assert {"isic2016", "isic2017", "ph2", "isic2016-ph2", "montgomery", "digestpath", "folder"} <= set(names)
+    assert {"isic2016", "isic2017", "ph2", "isic2016-ph2", "montgomery", "digestpath", "folder", "msd-brain",
+            "msd-heart", "msd-prostate", "decathlon"} <= set(names)
     for name in names:
         paper = load_preset(name)
         cpu = load_preset(name, "cpu")
-        assert paper.model.name == "deeplabv3plus" and paper.model.options == {"backbone": "xception"}
-        assert cpu.model.name == "unet" and "backbone" not in cpu.model.options  # options replaced whole
-        assert paper.train.lr == 1e-3 and paper.train.epochs == 300
-        assert paper.pdcr.encoder_weight == 0.1 and paper.pdcr.patch_sizes == [5, 7, 9]
+        if paper.model.spatial_dims == 2:
+            assert paper.model.name == "deeplabv3plus" and paper.model.options == {"backbone": "xception"}
+            assert cpu.model.name == "unet" and "backbone" not in cpu.model.options  # options replaced whole
+            assert paper.train.lr == 1e-3 and paper.train.epochs == 300
+            assert paper.pdcr.encoder_weight == 0.1 and paper.pdcr.temperature == 1.0
+        else:  # the 3D reference: DynUNet, T = 0.5, weights 0.01 / 0.01, 5-fold CV, Dice + CE
+            assert paper.model.name == cpu.model.name == "dynunet" and paper.data.fold == 0
+            assert paper.pdcr.temperature == 0.5 and paper.pdcr.encoder_weight == paper.pdcr.cross_weight == 0.01
+            assert paper.train.dice_weight == 1.0 and cpu.model.options["base_filters"] == 8
+        assert paper.pdcr.patch_sizes == [5, 7, 9]
+
+
+def test_3d_presets_carry_class_names_and_regions():
+    brain = load_preset("msd-brain")
+    assert brain.data.num_classes == 4 and brain.data.class_names == ["background", "ED", "NE", "EN"]
+    assert brain.data.regions == {"WT": [1, 2, 3], "TC": [2, 3], "ET": [3]}
+    assert load_preset("msd-prostate").data.class_names == ["background", "PZ", "TZ"]
+    assert load_preset("msd-heart").data.class_names == ["background", "LA"]
 
 
 def test_paper_input_sizes():

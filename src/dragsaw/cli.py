@@ -86,9 +86,7 @@ def cmd_predict(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create the output directory {str(out)!r} ({exc}); choose a writable --out.") from exc
-    dc = task.config.data
-    written, failures = predict_files(task.model, inputs, out, num_classes=dc.num_classes,
-                                      input_size=dc.input_size, mean=dc.mean, std=dc.std)
+    written, failures = predict_files(task.model, inputs, out, task.config, probabilities=args.probabilities)
     print(f"wrote {len(written)} files for {len(inputs) - len(failures)} of {len(inputs)} inputs to {out}")
     for path, reason in failures.items():
         print(f"error: {path}: {reason}", file=sys.stderr)
@@ -117,18 +115,23 @@ def cmd_presets(args) -> int:
 
 
 def cmd_synth(args) -> int:
-    from .data import write_folder
+    from .data import write_decathlon, write_folder
 
-    out = write_folder(args.out, n_train=args.train, n_test=args.test, size=(args.size, args.size),
-                       seed=args.seed, num_classes=args.classes)
-    print(f"wrote {args.train} training and {args.test} test pairs to {out}")
+    if args.dims == 3:
+        out = write_decathlon(args.out, n_train=args.train, n_test=args.test, shape=(args.size, args.size, args.size * 2 // 3),
+                              seed=args.seed, num_classes=max(args.classes, 2))
+        print(f"wrote {args.train} training and {args.test} test volumes (Decathlon layout) to {out}")
+    else:
+        out = write_folder(args.out, n_train=args.train, n_test=args.test, size=(args.size, args.size),
+                           seed=args.seed, num_classes=args.classes)
+        print(f"wrote {args.train} training and {args.test} test pairs to {out}")
     return 0
 
 
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.out), quick=args.quick)
+    run_demo(Path(args.out), quick=args.quick, dims=args.dims)
     return 0
 
 
@@ -140,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="baseline vs PDCR+UAFS on embedded synthetic data (minutes on a CPU)")
     demo.add_argument("--out", default="dragsaw-demo", help="output directory (default: dragsaw-demo)")
     demo.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds), not meaningful numbers")
+    demo.add_argument("--dims", type=int, default=2, choices=(2, 3), help="2D images (default) or 3D volumes")
     demo.set_defaults(func=cmd_demo)
 
     def data_args(p, required_preset: bool) -> None:
@@ -166,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("run", help="run directory or checkpoint")
     predict.add_argument("inputs", nargs="+", help="image files or folders")
     predict.add_argument("--out", required=True, help="output directory")
+    predict.add_argument("--probabilities", action="store_true", help="3D: also write class probabilities (NIfTI)")
     predict.set_defaults(func=cmd_predict)
 
     verify = sub.add_parser("verify", help="check every case of a dataset; exit 0 clean, 1 warnings (--strict), 2 errors")
@@ -184,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--size", type=int, default=256)
     synth.add_argument("--classes", type=int, default=2)
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--dims", type=int, default=2, choices=(2, 3), help="2D folder pairs or 3D Decathlon volumes")
     synth.set_defaults(func=cmd_synth)
     return parser
 

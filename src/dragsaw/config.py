@@ -39,6 +39,13 @@ class DataConfig:
     value_map: dict[int, int] | None = None
     mean: list[float] | None = None
     std: list[float] | None = None
+    # 3D (Decathlon-style) data: k-fold cross-validation, spacing and modalities
+    folds: int = 5
+    fold: int | None = None  # None: seeded val carving as in 2D; 0..folds-1: cross-validation fold
+    target_spacing: list[float] | None = None  # None: planned from the data (median spacing, nnU-Net-like)
+    modalities: list[str] | None = None  # None: from dataset.json
+    ct_stats: dict | None = None  # CT intensity statistics, computed from the training cases and kept for prediction
+    regions: dict[str, list[int]] | None = None  # extra metrics over unions of classes (e.g. BraTS WT/TC/ET)
 
 
 @dataclass
@@ -104,6 +111,10 @@ class TrainConfig:
     deterministic: bool = False
     val_every: int = 1
     limit_val_batches: int | float = 1.0
+    iterations_per_epoch: int | None = None  # 3D: patches per epoch = iterations x batch (nnU-Net: 250)
+    sw_overlap: float = 0.5  # 3D sliding-window inference: overlap of neighbouring windows
+    sw_batch_size: int = 2  # 3D sliding-window inference: windows per forward
+    mirror: bool = False  # 3D inference: average over flips of every axis (test-time mirroring)
 
 
 @dataclass

@@ -5,21 +5,86 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.inferers import sliding_window_inference
 from PIL import Image
 from torch import nn
 
-from .data import Case, SegmentationDataset, collate_eval, read_image
+from .data import Case, SegmentationDataset, collate_eval, preprocess_transforms, read_image, to_original_geometry, write_nifti
 from .errors import DragsawError
 from .metrics import case_metrics, resize_logits_to
 from .report import save_overlay_png
 from .uafs import UncertaintySelect, uncertainty_maps
 
-__all__ = ["record_uncertainty", "finest_uncertainty", "evaluate_loader", "predict_files", "save_png_atomic"]
+__all__ = [
+    "InferenceSettings", "infer", "record_uncertainty", "finest_uncertainty", "evaluate_loader", "predict_files",
+    "save_png_atomic",
+]
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How a model is applied to a whole image or volume.
+
+    2D images go through the network at once; volumes (``spatial_dims=3``) through MONAI's sliding-window
+    inference with Gaussian blending (``roi_size`` windows, ``overlap``, ``sw_batch_size`` windows per forward),
+    optionally averaged over flips of every spatial axis (``mirror``).
+    """
+
+    spatial_dims: int = 2
+    roi_size: tuple[int, ...] = ()
+    overlap: float = 0.5
+    sw_batch_size: int = 2
+    mirror: bool = False
+
+    @classmethod
+    def from_config(cls, config) -> InferenceSettings:
+        tc = config.train
+        return cls(config.model.spatial_dims, tuple(config.data.input_size), tc.sw_overlap, tc.sw_batch_size, tc.mirror)
+
+
+def _forward_with_uncertainty(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits ``[B, K, *S]`` with the finest UAFS map appended as channel ``K`` when the model records one."""
+    logits = model(x)
+    logits = logits[0] if isinstance(logits, (list, tuple)) else logits
+    unc = finest_uncertainty(model, x.shape[2:])
+    return logits.float() if unc is None else torch.cat([logits.float(), unc], dim=1)
+
+
+@torch.no_grad()
+def infer(model: nn.Module, images: torch.Tensor, settings: InferenceSettings) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits and (for models with UAFS) the uncertainty map of whole images or volumes.
+
+    Shape:
+        ``images`` ``[B, C, *S]`` -> logits ``[B, K, *S]`` and uncertainty ``[B, 1, *S]`` (or ``None``).
+    """
+    has_uafs = record_uncertainty(model, True) > 0
+    try:
+        if settings.spatial_dims == 3:
+            def predictor(x):
+                return _forward_with_uncertainty(model, x)
+
+            flips = [()] + ([(a,) for a in range(2, images.ndim)] if settings.mirror else [])
+            total = None
+            for axes in flips:
+                x = images.flip(axes) if axes else images
+                out = sliding_window_inference(x, settings.roi_size, settings.sw_batch_size, predictor,
+                                               overlap=settings.overlap, mode="gaussian")
+                out = out.flip(axes) if axes else out
+                total = out if total is None else total + out
+            out = total / len(flips)
+        else:
+            out = _forward_with_uncertainty(model, images)
+    finally:
+        record_uncertainty(model, False)
+    if has_uafs:
+        return out[:, :-1], out[:, -1:].clamp(0, 1)
+    return out, None
 
 
 def record_uncertainty(model: nn.Module, on: bool = True) -> int:
@@ -46,45 +111,92 @@ def finest_uncertainty(model: nn.Module, size: Sequence[int]) -> torch.Tensor | 
     return F.interpolate(finest.float(), size=tuple(size), mode=mode, align_corners=False).clamp(0, 1)
 
 
+def _middle_slice(volume: np.ndarray, label: np.ndarray) -> int:
+    """Index along the last axis through the most foreground (the middle when there is none)."""
+    counts = (label > 0).reshape(-1, label.shape[-1]).sum(0)
+    return int(counts.argmax()) if counts.any() else label.shape[-1] // 2
+
+
+def _overlay_item_3d(batch: dict, pred: torch.Tensor, unc: torch.Tensor | None, case_id: str) -> dict:
+    """A 2D overlay item from a volume in the preprocessed space: the slice with the most foreground."""
+    image = batch["image"][0, 0].numpy()
+    label = batch["label"][0].numpy()
+    k = _middle_slice(image, label)
+    lo, hi = np.percentile(image[..., k], [1, 99])
+    item = {"image": np.clip((image[..., k] - lo) / max(hi - lo, 1e-6), 0, 1)[None], "label": label[..., k],
+            "pred": pred.numpy()[..., k], "case_id": f"{case_id} (slice {k})"}
+    if unc is not None:
+        item["uncertainty"] = unc.numpy()[..., k]
+    return item
+
+
+def _region_scores(pred: np.ndarray, target: np.ndarray, regions: dict, spacing, hd95: bool) -> dict:
+    """Binary metrics of unions of classes (e.g. BraTS whole tumour = {1, 2, 3}), keys ``dice/<region>``."""
+    out = {}
+    for name, classes in regions.items():
+        scores = case_metrics(np.isin(pred, classes).astype(np.int64), np.isin(target, classes).astype(np.int64), 2,
+                              spacing=spacing, include_hd95=hd95)
+        out[f"dice/{name}"] = scores["dice_fg"]
+        out[f"jaccard/{name}"] = scores["jaccard_fg"]
+        if hd95:
+            out[f"hd95/{name}"] = scores["hd95_fg"]
+    return out
+
+
 @torch.no_grad()
 def evaluate_loader(
     model: nn.Module,
     loader,
     num_classes: int,
     *,
+    settings: InferenceSettings | None = None,
     device: torch.device | str = "cpu",
     include_hd95: bool = True,
     overlays: int = 0,
+    regions: dict[str, list[int]] | None = None,
 ) -> tuple[list[dict], list[dict]]:
-    """Per-case metrics at native resolution over an evaluation loader (``collate_eval`` batches).
+    """Per-case metrics at the native resolution / original geometry over an evaluation loader.
+
+    2D batches (``collate_eval``): logits resized to each native mask size before the arg-max. 3D batches
+    (``collate_eval3d``): sliding-window prediction mapped back to the input's grid (same shape and affine),
+    HD95 in millimetres. ``regions`` adds metrics of unions of classes.
 
     Returns:
         ``(per_case, overlay_items)``: one metrics dict per case (with ``case_id``), and up to ``overlays`` items
-        for :func:`dragsaw.report.plot_overlays` (image at native size, label, prediction, uncertainty).
+        for :func:`dragsaw.report.plot_overlays`.
     """
+    settings = settings or InferenceSettings()
     was_training = model.training
     model.eval()
-    record_uncertainty(model, True)
-    cases = {c.case_id: c for c in loader.dataset.cases}
     per_case, items = [], []
     try:
         for batch in loader:
-            logits = model(batch["image"].to(device))
-            logits = logits[0] if isinstance(logits, (list, tuple)) else logits
+            logits, unc = infer(model, batch["image"].to(device), settings)
             for i, native in enumerate(batch["label_native"]):
-                size = tuple(native.shape)
-                pred = resize_logits_to(logits[i : i + 1].float(), size).argmax(1)[0].cpu()
-                scores = case_metrics(pred, native, num_classes, include_hd95=include_hd95)
-                per_case.append({"case_id": batch["case_id"][i], **scores})
+                case_id = batch["case_id"][i]
+                if settings.spatial_dims == 3:
+                    meta = batch["meta"][i]
+                    pred_pre = logits[i].argmax(0).cpu()
+                    pred = torch.from_numpy(np.asarray(to_original_geometry(pred_pre.numpy(), meta))).long()
+                    spacing = [float(v) for v in np.sqrt((np.asarray(meta["affine"])[:3, :3] ** 2).sum(0))]
+                else:
+                    pred = resize_logits_to(logits[i : i + 1].float(), tuple(native.shape)).argmax(1)[0].cpu()
+                    spacing = None
+                scores = case_metrics(pred, native, num_classes, spacing=spacing, include_hd95=include_hd95)
+                if regions:
+                    scores |= _region_scores(pred.numpy(), native.numpy(), regions, spacing, include_hd95)
+                per_case.append({"case_id": case_id, **scores})
                 if len(items) < overlays:
-                    unc = finest_uncertainty(model, size)
-                    items.append({
-                        "image": read_image(cases[batch["case_id"][i]].image),
-                        "label": native.numpy(), "pred": pred.numpy(), "case_id": batch["case_id"][i],
-                        **({"uncertainty": unc[i, 0].cpu().numpy()} if unc is not None else {}),
-                    })
+                    if settings.spatial_dims == 3:
+                        items.append(_overlay_item_3d(batch, pred_pre, None if unc is None else unc[i, 0].cpu(), case_id))
+                    else:
+                        size = tuple(native.shape)
+                        u = None if unc is None else resize_logits_to(unc[i : i + 1], size)[0, 0].clamp(0, 1)
+                        cases = {c.case_id: c for c in loader.dataset.cases}
+                        items.append({"image": read_image(cases[case_id].image), "label": native.numpy(),
+                                      "pred": pred.numpy(), "case_id": case_id,
+                                      **({"uncertainty": u.cpu().numpy()} if u is not None else {})})
     finally:
-        record_uncertainty(model, False)
         model.train(was_training)
     return per_case, items
 
@@ -122,21 +234,63 @@ def _write_prediction(out_dir: Path, stem: str, image: np.ndarray, probs: torch.
     return written
 
 
-@torch.no_grad()
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _predict_image(model, path: Path, out_dir: Path, config, settings: InferenceSettings, device) -> list[Path]:
+    dc = config.data
+    dataset = SegmentationDataset([Case(path.stem, path, None)], num_classes=dc.num_classes,
+                                  input_size=dc.input_size, train=False, cache=False, mean=dc.mean, std=dc.std)
+    batch = collate_eval([dataset[0]])
+    size = batch["image_native_size"][0]
+    logits, unc = infer(model, batch["image"].to(device), settings)
+    probs = torch.softmax(resize_logits_to(logits.float(), size), 1)[0].cpu()
+    unc = None if unc is None else resize_logits_to(unc, size)[0, 0].clamp(0, 1).cpu()
+    image = read_image(path)
+    return _write_prediction(out_dir, path.stem, image, probs, unc, dc.num_classes)
+
+
+def _predict_volume(model, path: Path, out_dir: Path, config, settings: InferenceSettings, device,
+                    probabilities: bool) -> list[Path]:
+    dc = config.data
+    pipeline = preprocess_transforms(dc.target_spacing, dc.modalities or ["MRI"], dc.ct_stats,
+                                     num_classes=dc.num_classes)
+    item = pipeline({"image": str(path)})
+    logits, unc = infer(model, item["image"][None].to(device), settings)
+    meta = item["meta"]
+    stem = _stem(path)
+    pred = to_original_geometry(logits[0].argmax(0).cpu().numpy(), meta)
+    written = [write_nifti(np.asarray(pred), meta["affine"], out_dir / f"{stem}_seg.nii.gz")]
+    if probabilities:
+        probs = to_original_geometry(torch.softmax(logits[0].float(), 0).cpu().numpy(), meta)
+        written.append(write_nifti(np.asarray(probs, dtype=np.float32), meta["affine"], out_dir / f"{stem}_probs.nii.gz"))
+    if unc is not None:
+        u = to_original_geometry(unc[0, 0].float().cpu().numpy(), meta)
+        written.append(write_nifti(np.asarray(u, dtype=np.float32), meta["affine"], out_dir / f"{stem}_uncertainty.nii.gz"))
+    return written
+
+
 def predict_files(
     model: nn.Module,
     inputs: Iterable[str | Path],
     out_dir: str | Path,
+    config,
     *,
-    num_classes: int,
-    input_size: Sequence[int],
-    mean=None,
-    std=None,
     device: torch.device | str = "cpu",
+    probabilities: bool = False,
 ) -> tuple[list[Path], dict[str, str]]:
-    """Predict every input image and write, per image ``<stem>``: ``_mask.png`` (native size; {0,255} for binary,
-    class indices otherwise), ``_prob.png`` (foreground probability; ``_probs.npy`` [K,H,W] for multi-class),
-    ``_uncertainty.png`` (UAFS map, when the model has UAFS) and ``_overlay.png``.
+    """Predict every input with the run's configuration and write the outputs to ``out_dir``.
+
+    2D images, per ``<stem>``: ``_mask.png`` (native size; {0,255} for binary, class indices otherwise),
+    ``_prob.png`` (foreground probability; ``_probs.npy`` [K,H,W] for multi-class), ``_uncertainty.png`` (UAFS
+    map, when the model has UAFS) and ``_overlay.png``. Volumes (``.nii``/``.nii.gz``): ``_seg.nii.gz`` in the
+    input's geometry (same shape and affine), ``_uncertainty.nii.gz`` with UAFS, ``_probs.nii.gz`` (channels last)
+    with ``probabilities``.
 
     Bad inputs do not stop the others: they are returned as ``{path: reason}`` and nothing is written for them.
 
@@ -144,35 +298,28 @@ def predict_files(
         ``(written_files, failures)``.
     """
     out_dir = Path(out_dir)
+    settings = InferenceSettings.from_config(config)
     was_training = model.training
     model.eval()
-    record_uncertainty(model, True)
     written: list[Path] = []
     failures: dict[str, str] = {}
     try:
         for path in inputs:
             path = Path(path)
-            try:
-                dataset = SegmentationDataset([Case(path.stem, path, None)], num_classes=num_classes,
-                                              input_size=input_size, train=False, cache=False, mean=mean, std=std)
-                batch = collate_eval([dataset[0]])
-                size = batch["image_native_size"][0]
-                logits = model(batch["image"].to(device))
-                logits = logits[0] if isinstance(logits, (list, tuple)) else logits
-                probs = torch.softmax(resize_logits_to(logits.float(), size), 1)[0].cpu()
-                unc = finest_uncertainty(model, size)
-                unc = None if unc is None else unc[0, 0].cpu()
-                image = read_image(path)
-            except (DragsawError, OSError, ValueError) as exc:
-                failures[str(path)] = str(exc)
+            volume = path.name.endswith((".nii", ".nii.gz"))
+            if volume != (settings.spatial_dims == 3):
+                failures[str(path)] = (f"a {'volume' if volume else '2D image'} given to a "
+                                       f"{settings.spatial_dims}D model; give {'NIfTI volumes' if settings.spatial_dims == 3 else 'image files'}")
                 continue
             try:
-                written += _write_prediction(out_dir, path.stem, image, probs, unc, num_classes)
-            except Exception:
-                for partial in out_dir.glob(f"{path.stem}_*"):
+                if volume:
+                    written += _predict_volume(model, path, out_dir, config, settings, device, probabilities)
+                else:
+                    written += _predict_image(model, path, out_dir, config, settings, device)
+            except (DragsawError, OSError, ValueError, RuntimeError) as exc:
+                for partial in out_dir.glob(f"{_stem(path)}_*"):
                     partial.unlink(missing_ok=True)  # no partial set of outputs for this input
-                raise
+                failures[str(path)] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     finally:
-        record_uncertainty(model, False)
         model.train(was_training)
     return written, failures

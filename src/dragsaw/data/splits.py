@@ -27,7 +27,7 @@ import numpy as np
 from dragsaw.data.cases import Case
 from dragsaw.errors import ConfigError, DataError
 
-__all__ = ["resolve_splits", "SPLITS_FORMAT"]
+__all__ = ["cross_validation_splits", "resolve_splits", "SPLITS_FORMAT"]
 
 SPLITS_FORMAT = 1
 """Version of the ``splits.json`` layout written by :func:`resolve_splits`."""
@@ -189,4 +189,61 @@ def resolve_splits(
             "splits": {s: [c.case_id for c in result[s]] for s in _SPLITS},
         }
         _write_atomic(path, payload)
+    return result
+
+
+def cross_validation_splits(
+    cases_by_split: dict[str, list[Case]],
+    *,
+    folds: int = 5,
+    fold: int = 0,
+    seed: int = 0,
+    path: str | Path | None = None,
+) -> dict[str, list[Case]]:
+    """k-fold cross-validation over the training cases (nnU-Net style): fold ``fold`` is validation.
+
+    The training cases (``"train"`` or ``"all"``) are sorted by id, permuted with ``seed`` and dealt into
+    ``folds`` parts; an official ``"test"`` split stays the test split (empty otherwise). The result, with the
+    fold layout, is written to ``path`` atomically and reused verbatim when that file exists.
+
+    Raises:
+        ConfigError: ``folds < 2`` or ``fold`` outside ``0..folds-1``.
+        DataError: fewer training cases than folds, or a ``splits.json`` of another fold or naming missing cases.
+    """
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ConfigError(f"folds must be an int >= 2, got {folds!r}")
+    if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < folds:
+        raise ConfigError(f"fold must be an int in 0..{folds - 1} (for {folds}-fold cross-validation), got {fold!r}")
+    by_id = _check_input(cases_by_split)
+    path = None if path is None else Path(path)
+    if path is not None and path.exists():
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataError(f"{path} is not a readable splits file ({exc}); delete it to re-create the splits") from exc
+        if stored.get("fold") != fold or stored.get("folds") != folds:
+            raise DataError(
+                f"{path} holds fold {stored.get('fold')} of {stored.get('folds')}, not fold {fold} of {folds}; use "
+                "another run directory for another fold"
+            )
+        missing = [i for s in _SPLITS for i in stored["splits"].get(s, []) if i not in by_id]
+        if missing:
+            raise DataError(f"{path} names cases that no longer exist: {missing[:10]}; restore them or start a new run")
+        return {s: [by_id[i] for i in stored["splits"].get(s, [])] for s in _SPLITS}
+    train = sorted(cases_by_split.get("train", cases_by_split.get("all", [])), key=lambda c: c.case_id)
+    if len(train) < folds:
+        raise DataError(f"{len(train)} training case(s) cannot be dealt into {folds} folds; lower the number of folds")
+    order = np.random.default_rng(seed).permutation(len(train))
+    parts = [sorted((train[i] for i in order[k::folds]), key=lambda c: c.case_id) for k in range(folds)]
+    result = {
+        "train": sorted((c for k, part in enumerate(parts) if k != fold for c in part), key=lambda c: c.case_id),
+        "val": parts[fold],
+        "test": list(cases_by_split.get("test", [])),
+    }
+    if path is not None:
+        _write_atomic(path, {
+            "format": SPLITS_FORMAT, "seed": int(seed), "folds": folds, "fold": fold,
+            "all_folds": [[c.case_id for c in part] for part in parts],
+            "splits": {s: [c.case_id for c in result[s]] for s in _SPLITS},
+        })
     return result

@@ -79,6 +79,10 @@ def build_network(config: RunConfig, in_channels: int) -> Network:
     """
     mc, pc, uc = config.model, config.pdcr, config.uafs
     options = dict(mc.options or {})
+    if mc.name == "dynunet":  # nnU-Net-like plan from the patch size and the data's spacing
+        options.setdefault("patch_size", list(config.data.input_size))
+        if config.data.target_spacing is not None:
+            options.setdefault("spacing", list(config.data.target_spacing))
     if mc.weights:
         options["weights"] = mc.weights
     model = create_model(

@@ -24,10 +24,11 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from ..config import RunConfig, apply_overrides, config_from_dict, config_to_dict
 from ..errors import ConfigError
-from ..inference import evaluate_loader
+from ..inference import InferenceSettings, evaluate_loader
 from ..metrics import summarize
 from ..report import plot_learning_curves, plot_overlays
 from .callbacks import AtomicCheckpointIO, StepStats, peak_memory_mb
+from .data3d import VolumeData
 from .datamodule import SegmentationData
 from .task import SegmentationTask
 
@@ -74,14 +75,23 @@ def _device(trainer: L.Trainer) -> torch.device:
     return trainer.strategy.root_device
 
 
-def _evaluate_splits(task, data: SegmentationData, splits, device, plots_dir: Path | None, hd95: bool = True) -> dict:
+def _data_module(config: RunConfig, splits_path: Path | None):
+    """The 2D or 3D data module of a configuration."""
+    if config.model.spatial_dims == 3:
+        return VolumeData(config, splits_path)
+    return SegmentationData(config, splits_path)
+
+
+def _evaluate_splits(task, data, splits, device, plots_dir: Path | None, hd95: bool = True, config=None) -> dict:
+    config = config or task.config
     results = {}
     for split in splits:
         if split not in data.eval_sets:
             continue
         per_case, items = evaluate_loader(
-            task.model, data.eval_loader(split), task.config.data.num_classes, device=device,
-            include_hd95=hd95, overlays=8 if (plots_dir is not None and split == "test") else 0,
+            task.model, data.eval_loader(split), config.data.num_classes, device=device,
+            settings=InferenceSettings.from_config(task.config), include_hd95=hd95,
+            overlays=8 if (plots_dir is not None and split == "test") else 0, regions=config.data.regions,
         )
         results[split] = {"mean": summarize(per_case), "per_case": per_case}
         if items and plots_dir is not None:
@@ -105,7 +115,7 @@ def _setup(config: RunConfig, run_dir: Path, resume: bool, progress: bool):
     tc = config.train
     _quiet_lightning()
     L.seed_everything(tc.seed, workers=True, verbose=False)
-    data = SegmentationData(config, run_dir / "splits.json")
+    data = _data_module(config, run_dir / "splits.json")  # 3D: resolves the target spacing into config
     task = SegmentationTask.from_config(config, data.in_channels, data.steps_per_epoch())
     _write_text_atomic(yaml.safe_dump(config_to_dict(config), sort_keys=False), run_dir / "config.yaml")
     has_val = "val" in data.eval_sets
@@ -262,13 +272,13 @@ def evaluate_run(run_or_ckpt: str | Path, config: RunConfig | None = None, *, ou
             f"{config.data.num_classes}; evaluate on a dataset with the same classes."
         )
     if not own:  # the model's input geometry and normalisation stay those it was trained with
-        config.data.input_size = task.config.data.input_size
-        config.data.mean, config.data.std = task.config.data.mean, task.config.data.std
+        for key in ("input_size", "mean", "std", "target_spacing", "ct_stats"):
+            setattr(config.data, key, getattr(task.config.data, key))
     splits_path = run_dir / "splits.json" if own else None
-    data = SegmentationData(config, splits_path)
+    data = _data_module(config, splits_path)
     out_dir = Path(out) if out else run_dir / "evaluation"
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = _evaluate_splits(task, data, splits, torch.device("cpu"), out_dir)
+    results = _evaluate_splits(task, data, splits, torch.device("cpu"), out_dir, config=config)
     payload = {"checkpoint": str(ckpt), "dataset": config.data.dataset, "root": config.data.root, **results}
     write_json_atomic(payload, out_dir / "metrics.json")
     return payload

@@ -13,6 +13,7 @@ from monai.losses import DiceLoss
 
 from ..config import RunConfig, config_from_dict, config_to_dict
 from ..errors import DragsawError
+from ..inference import InferenceSettings, infer
 from ..metrics import case_metrics, resize_logits_to, summarize
 from ..taps import FeatureTaps
 from .build import build_network
@@ -142,14 +143,23 @@ class SegmentationTask(L.LightningModule):
         self._val_cases = []
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """2D: per case at the native mask size. 3D: sliding window, compared in the preprocessed space (the final
+        evaluation maps predictions back to the input grid)."""
+        K = self.config.data.num_classes
+        if self.config.model.spatial_dims == 3:
+            logits, _ = infer(self.model, batch["image"], InferenceSettings.from_config(self.config))
+            if self._taps is not None:
+                self._taps.pop()
+            for i in range(logits.shape[0]):
+                self._val_cases.append(case_metrics(logits[i].argmax(0).cpu(), batch["label"][i].cpu(), K,
+                                                    include_hd95=False))
+            return
         logits = self(batch["image"])
         if self._taps is not None:
             self._taps.pop()
         for i, native in enumerate(batch["label_native"]):
             pred = resize_logits_to(logits[i : i + 1].float(), tuple(native.shape)).argmax(1)[0]
-            self._val_cases.append(
-                case_metrics(pred.cpu(), native.cpu(), self.config.data.num_classes, include_hd95=False)
-            )
+            self._val_cases.append(case_metrics(pred.cpu(), native.cpu(), K, include_hd95=False))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_cases:

@@ -120,6 +120,8 @@ class DynUNet(HostNetwork):
         kernel_size: explicit per-level kernel sizes (ints or per-axis tuples); give together with ``strides``.
         strides: explicit per-level strides, ``strides[0]`` must be 1; at least 3 levels.
         filters: channels per level (default ``min(32 * 2**i, 320)`` in 3D, ``512`` cap in 2D).
+        base_filters: first level's channels when ``filters`` is None (nnU-Net: 32).
+        max_filters: cap of the doubling when ``filters`` is None (None: 320 in 3D, 512 in 2D).
         deep_supervision: number of extra low-resolution outputs (0 = off), at most ``levels - 2``.
         norm: ``"instance"`` (nnU-Net) or ``"batch"``.
         negative_slope: leaky ReLU slope.
@@ -147,6 +149,8 @@ class DynUNet(HostNetwork):
         kernel_size: Sequence[int | Sequence[int]] | None = None,
         strides: Sequence[int | Sequence[int]] | None = None,
         filters: Sequence[int] | None = None,
+        base_filters: int = 32,
+        max_filters: int | None = None,
         deep_supervision: int = 0,
         norm: str = "instance",
         negative_slope: float = 0.01,
@@ -156,9 +160,10 @@ class DynUNet(HostNetwork):
         sd = self.spatial_dims
         self.kernel_size, self.strides = self._levels(patch_size, spacing, kernel_size, strides)
         levels = len(self.strides)
-        if filters is None:
-            cap = 320 if sd == 3 else 512
-            filters = [min(32 * 2**i, cap) for i in range(levels)]
+        if filters is None:  # nnU-Net: 32 doubling per level, capped at 320 (3D) / 512 (2D)
+            base = check_int("base_filters", base_filters, minimum=1)
+            cap = check_int("max_filters", max_filters, minimum=1) if max_filters is not None else (320 if sd == 3 else 512)
+            filters = [min(base * 2**i, cap) for i in range(levels)]
         self.filters = check_int_tuple("filters", filters, minimum=1)
         if len(self.filters) != levels:
             raise ConfigError(f"filters={self.filters} must have one entry per level ({levels}).")

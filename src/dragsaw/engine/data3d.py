@@ -1,0 +1,112 @@
+"""Lightning data module for volumes: Decathlon-style cases, k-fold splits, planned spacing, patch sampling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from ..config import RunConfig
+from ..data import VolumeDataset, collate_eval3d, ct_statistics, dataset_properties, find_cases, worker_init_fn3d
+from ..data import cross_validation_splits, resolve_splits
+from ..errors import ConfigError
+from .datamodule import preflight
+
+__all__ = ["VolumeData", "volume_cases"]
+
+
+def volume_cases(config: RunConfig, splits_path: Path | None, *, verify: bool = True) -> dict:
+    """Cases of a volume dataset completed to train/val/test: a cross-validation fold when ``data.fold`` is set,
+    else seeded carving as in 2D."""
+    dc = config.data
+    if not dc.root:
+        raise ConfigError(f"no data root for dataset {dc.dataset!r}: pass --data-root PATH (a Decathlon task folder).")
+    found = find_cases(dc.dataset, dc.root)
+    if verify:
+        preflight(found, config)
+    if dc.fold is not None:
+        return cross_validation_splits(found, folds=dc.folds, fold=dc.fold, seed=dc.split_seed, path=splits_path)
+    return resolve_splits(found, val_fraction=dc.val_fraction, test_fraction=dc.test_fraction, seed=dc.split_seed,
+                          path=splits_path)
+
+
+class PatchSampler(Sampler[int]):
+    """``iterations x batch`` case indices per epoch drawn with replacement, seeded by ``(seed, epoch)``.
+
+    Like :class:`dragsaw.engine.datamodule.EpochSampler`, ``set_epoch`` also reseeds the patch/augmentation
+    stream and the DataLoader generator, so a resumed run repeats the uninterrupted run's patches.
+    """
+
+    def __init__(self, dataset, draws: int, seed: int, generator: torch.Generator) -> None:
+        self.dataset, self.draws, self.seed, self.generator = dataset, int(draws), int(seed), generator
+        self.epoch = 0
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.generator.manual_seed(self.seed * 1_000_003 + self.epoch)
+        self.dataset.reseed(self.seed * 7_919 + self.epoch)
+
+    def __iter__(self):
+        order = torch.Generator().manual_seed(self.seed * 15_485_863 + self.epoch)
+        return iter(torch.randint(len(self.dataset), (self.draws,), generator=order).tolist())
+
+    def __len__(self) -> int:
+        return self.draws
+
+
+class VolumeData(L.LightningDataModule):
+    """Train (patches) and val/test (whole volumes, batch 1) loaders of a 3D run.
+
+    The target spacing is planned from the training cases' headers unless ``data.target_spacing`` is set; the
+    resolved value is written back into ``config.data.target_spacing`` so that ``config.yaml`` records it.
+    """
+
+    def __init__(self, config: RunConfig, splits_path: Path | None) -> None:
+        super().__init__()
+        self.config = config
+        dc, tc = config.data, config.train
+        self.splits = volume_cases(config, splits_path)
+        if not self.splits["train"]:
+            raise ConfigError(f"dataset {dc.dataset!r} at {dc.root!r} has no training cases.")
+        if dc.target_spacing is None:
+            dc.target_spacing = [float(v) for v in dataset_properties(self.splits["train"])["target_spacing"]]
+        modalities = dc.modalities or list(self.splits["train"][0].extra.get("modalities", []) or []) or None
+        if dc.modalities is None and modalities is not None:
+            dc.modalities = [str(m) for m in modalities]
+        ct_stats = dc.ct_stats
+        if ct_stats is None and modalities and any(str(m).upper() == "CT" for m in modalities):
+            ct_stats = ct_statistics(self.splits["train"], modalities=modalities)
+            dc.ct_stats = {str(k): {n: float(v) for n, v in stats.items()} for k, stats in ct_stats.items()}
+        common = dict(num_classes=dc.num_classes, target_spacing=dc.target_spacing, modalities=modalities,
+                      patch_size=dc.input_size, ct_stats=ct_stats, value_map=dc.value_map)
+        self.train_set = VolumeDataset(self.splits["train"], train=True, seed=tc.seed, **common)
+        self.eval_sets = {
+            name: VolumeDataset(cases, train=False, **common)
+            for name, cases in self.splits.items() if name in ("val", "test") and cases
+        }
+        self.in_channels = self.train_set.channels
+
+    def steps_per_epoch(self) -> int:
+        tc = self.config.train
+        return tc.iterations_per_epoch or max(1, len(self.train_set) // tc.batch_size)
+
+    def train_dataloader(self) -> DataLoader:
+        tc = self.config.train
+        generator = torch.Generator()
+        return DataLoader(
+            self.train_set, batch_size=tc.batch_size, drop_last=True, num_workers=tc.num_workers,
+            sampler=PatchSampler(self.train_set, self.steps_per_epoch() * tc.batch_size, tc.seed, generator),
+            generator=generator, worker_init_fn=worker_init_fn3d if tc.num_workers > 0 else None,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self.eval_loader("val") if "val" in self.eval_sets else []
+
+    def eval_loader(self, split: str) -> DataLoader:
+        """Whole-volume loader of one evaluation split (batch size 1)."""
+        if split not in self.eval_sets:
+            raise ConfigError(f"the run's data has no {split!r} split (it has {sorted(self.eval_sets)}).")
+        return DataLoader(self.eval_sets[split], batch_size=1, collate_fn=collate_eval3d)
