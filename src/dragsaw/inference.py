@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +13,7 @@ from monai.inferers import sliding_window_inference
 from PIL import Image
 from torch import nn
 
+from ._atomic import atomic_file
 from .data import Case, SegmentationDataset, collate_eval, preprocess_transforms, read_image, to_original_geometry, write_nifti
 from .errors import DragsawError
 from .metrics import case_metrics, resize_logits_to
@@ -203,16 +202,9 @@ def evaluate_loader(
 
 def save_png_atomic(array: np.ndarray, path: Path) -> Path:
     """Write a uint8/uint16 array as PNG through a temporary file and ``os.replace`` (never a partial file)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return Path(path)
 
 
 def _write_prediction(out_dir: Path, stem: str, image: np.ndarray, probs: torch.Tensor, unc, num_classes: int):
@@ -223,10 +215,8 @@ def _write_prediction(out_dir: Path, stem: str, image: np.ndarray, probs: torch.
         written.append(save_png_atomic(prob, out_dir / f"{stem}_prob.png"))
     else:
         target = out_dir / f"{stem}_probs.npy"
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=out_dir)
-        with os.fdopen(fd, "wb") as handle:
+        with atomic_file(target) as tmp, open(tmp, "wb") as handle:
             np.save(handle, probs.numpy().astype(np.float16))
-        os.replace(tmp, target)
         written.append(target)
     if unc is not None:
         written.append(save_png_atomic((unc.numpy() * 255).round().astype(np.uint8), out_dir / f"{stem}_uncertainty.png"))

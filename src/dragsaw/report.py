@@ -12,7 +12,6 @@ import csv
 import io
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
+from dragsaw._atomic import write_bytes_atomic
 from dragsaw.errors import ConfigError, DataError
 from dragsaw.metrics import dice_jaccard_consistent
 
@@ -41,19 +41,7 @@ _PALETTE = np.array(colormaps["tab10"].colors) * 255.0  # overlay colour of clas
 
 def _atomic_write(path: Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_bytes_atomic(data, path)
 
 
 def _save_figure(fig: Figure, out_png: Path) -> Path:

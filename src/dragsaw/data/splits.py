@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from dragsaw.data.cases import Case
+from dragsaw._atomic import write_text_atomic
 from dragsaw.errors import ConfigError, DataError
 
 __all__ = ["cross_validation_splits", "resolve_splits", "SPLITS_FORMAT"]
@@ -82,16 +81,7 @@ def _check_input(cases_by_split: dict[str, list[Case]]) -> dict[str, Case]:
 
 
 def _write_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=1)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(json.dumps(payload, indent=1) + "\n", path)
 
 
 def _load(

@@ -20,9 +20,6 @@ Image ``i`` of seed ``s`` depends only on ``(s, i)``: ``generate(5, seed=s)`` is
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -30,7 +27,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from dragsaw.errors import ConfigError, DataError
+from dragsaw._atomic import atomic_dir
+from dragsaw.errors import ConfigError
 
 __all__ = ["generate", "write_folder"]
 
@@ -225,14 +223,7 @@ def write_folder(
     if n_train < 1:
         raise ConfigError(f"n_train must be at least 1, got {n_train}")
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(
-            f"{out} already exists and is {'a file' if not out.is_dir() else 'a non-empty folder'}; refusing to "
-            "overwrite it; fix: choose a new output folder or delete this one"
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         for split, count, stream in (("train", n_train, _TRAIN_STREAM), ("test", n_test, _TEST_STREAM)):
             if count == 0:
                 continue
@@ -243,10 +234,4 @@ def write_folder(
                 Image.fromarray(image).save(tmp / split / "images" / name, compress_level=1)
                 stored = mask * 255 if num_classes == 2 else mask
                 Image.fromarray(stored.astype(np.uint8)).save(tmp / split / "masks" / name, compress_level=1)
-        if out.is_dir():
-            out.rmdir()  # empty (checked above); os.replace cannot replace a directory on every platform
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

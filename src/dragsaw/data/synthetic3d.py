@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,7 +33,8 @@ from scipy import ndimage
 from dragsaw.data.io3d import write_nifti
 from dragsaw.data.synthetic import _spline_matrix
 from dragsaw.data.transforms3d import _as_float_tuple
-from dragsaw.errors import ConfigError, DataError
+from dragsaw._atomic import atomic_dir
+from dragsaw.errors import ConfigError
 
 __all__ = ["generate3d", "write_decathlon", "MODALITY_NAMES"]
 
@@ -253,13 +251,6 @@ def write_decathlon(
     if n_train < 1:
         raise ConfigError(f"n_train must be at least 1, got {n_train}")
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(
-            f"{out} already exists and is {'a file' if not out.is_dir() else 'a non-empty folder'}; refusing to "
-            "overwrite it; fix: choose a new output folder or delete this one"
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     meta: dict = {
         "name": "dragsaw-synthetic3d",
         "description": "Seeded synthetic multi-modal lesion volumes (dragsaw.data.synthetic3d); labelsTs is an "
@@ -270,7 +261,7 @@ def write_decathlon(
         "labels": _label_names(int(num_classes)),
         "numTraining": int(n_train), "numTest": int(n_test), "training": [], "test": [],
     }  # fmt: skip
-    try:
+    with atomic_dir(out) as tmp:
         for split, count, stream, tag in (("Tr", n_train, _TRAIN_STREAM, "tr"), ("Ts", n_test, _TEST_STREAM, "ts")):
             volumes = _generate(int(count), shape_t, spacing_t, int(seed), int(num_classes), int(modalities), stream)
             for i, (image, label, affine) in enumerate(volumes):
@@ -282,10 +273,4 @@ def write_decathlon(
                 else:
                     meta["test"].append(f"./imagesTs/{name}")
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-        if out.is_dir():
-            out.rmdir()  # empty (checked above); os.replace cannot replace a directory on every platform
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import resource
 import sys
 import time
-from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from .._atomic import atomic_file
 
 __all__ = ["AtomicCheckpointIO", "StepStats", "peak_memory_mb"]
 
@@ -20,15 +20,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     truncated ``last.ckpt`` or ``best.ckpt`` (the previous complete file stays until the new one is whole)."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
+        with atomic_file(path) as tmp:
             super().save_checkpoint(checkpoint, tmp, storage_options)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
 
 
 def peak_memory_mb(device: torch.device | None = None) -> float:

@@ -7,12 +7,9 @@ A run directory holds ``config.yaml`` (resolved), ``splits.json``, ``checkpoints
 from __future__ import annotations
 
 import csv
-import json
 import logging
-import os
 import platform
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -22,6 +19,7 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from .._atomic import atomic_file, write_json_atomic, write_text_atomic
 from ..config import RunConfig, apply_overrides, config_from_dict, config_to_dict
 from ..errors import ConfigError
 from ..inference import InferenceSettings, evaluate_loader
@@ -33,23 +31,6 @@ from .datamodule import SegmentationData
 from .task import SegmentationTask
 
 __all__ = ["train", "evaluate_run", "load_task", "resume_config", "write_json_atomic"]
-
-
-def write_json_atomic(payload: dict, path: Path) -> Path:
-    """Write JSON through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2, default=float)
-    os.replace(tmp, path)
-    return path
-
-
-def _write_text_atomic(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def _prepare_dir(run_dir: Path, resume: bool) -> None:
@@ -117,7 +98,7 @@ def _setup(config: RunConfig, run_dir: Path, resume: bool, progress: bool):
     L.seed_everything(tc.seed, workers=True, verbose=False)
     data = _data_module(config, run_dir / "splits.json")  # 3D: resolves the target spacing into config
     task = SegmentationTask.from_config(config, data.in_channels, data.steps_per_epoch())
-    _write_text_atomic(yaml.safe_dump(config_to_dict(config), sort_keys=False), run_dir / "config.yaml")
+    write_text_atomic(yaml.safe_dump(config_to_dict(config), sort_keys=False), run_dir / "config.yaml")
     has_val = "val" in data.eval_sets
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor="val/dice_fg" if has_val else None,
@@ -154,12 +135,10 @@ def _write_log(old: list[dict], new_csv: Path, target: Path) -> None:
         old = [r for r in old if r.get("step") and int(r["step"]) < first_new_step]
     rows = old + new
     fields = list(dict.fromkeys(k for r in rows for k in r))
-    fd, tmp = tempfile.mkstemp(prefix=".log.csv.", suffix=".tmp", dir=target.parent)
-    with os.fdopen(fd, "w", newline="") as handle:
+    with atomic_file(target) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, target)
 
 
 def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True) -> dict:
