@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import random
 
 import numpy as np
@@ -130,3 +131,33 @@ def test_reuse_refuses_official_test_cases_in_training(tmp_path):
 def test_bad_inputs(given, kwargs, error, match):
     with pytest.raises(error, match=match):
         resolve_splits(given, **kwargs)
+
+
+def _cases(n):
+    from dragsaw.data import Case
+
+    return [Case(f"c{i:02d}", Path(f"/x/c{i:02d}.nii.gz"), Path(f"/y/c{i:02d}.nii.gz")) for i in range(n)]
+
+
+def test_cross_validation_folds_partition_the_training_cases(tmp_path):
+    from dragsaw.data import cross_validation_splits
+
+    cases = {"train": _cases(11), "test": _cases(13)[11:]}
+    folds = [cross_validation_splits(cases, folds=5, fold=k, seed=3) for k in range(5)]
+    vals = [sorted(c.case_id for c in f["val"]) for f in folds]
+    assert sorted(i for v in vals for i in v) == [c.case_id for c in cases["train"]]  # each case validates once
+    assert sorted(len(v) for v in vals) == [2, 2, 2, 2, 3]
+    for f in folds:
+        assert not {c.case_id for c in f["val"]} & {c.case_id for c in f["train"]}
+        assert [c.case_id for c in f["test"]] == ["c11", "c12"]
+    again = cross_validation_splits(cases, folds=5, fold=2, seed=3, path=tmp_path / "splits.json")
+    assert sorted(c.case_id for c in again["val"]) == vals[2]
+    reused = cross_validation_splits({"train": cases["train"][::-1], "test": cases["test"]}, folds=5, fold=2, seed=99,
+                                     path=tmp_path / "splits.json")
+    assert [c.case_id for c in reused["val"]] == [c.case_id for c in again["val"]]  # the file wins on resume
+    with pytest.raises(DataError, match="holds fold 2 of 5, not fold 3 of 5"):
+        cross_validation_splits(cases, folds=5, fold=3, seed=3, path=tmp_path / "splits.json")
+    with pytest.raises(ConfigError, match="fold must be an int in 0..4"):
+        cross_validation_splits(cases, folds=5, fold=5)
+    with pytest.raises(DataError, match="cannot be dealt into 5 folds"):
+        cross_validation_splits({"train": _cases(3)}, folds=5, fold=0)
