@@ -42,9 +42,13 @@ def _one_hot_channels(labels: torch.Tensor, num_classes: int, ignore_index: int 
     return onehot.to(torch.int32)
 
 
-def _interval_sums(cumulative: torch.Tensor, axis: int, stride: int, patch: int, size: int) -> torch.Tensor:
-    """Sums over every grid location's patch along ``axis`` from a zero-led cumulative sum along that axis."""
-    index = torch.arange(-(-size // stride), device=cumulative.device)
+def _interval_sums(
+    cumulative: torch.Tensor, axis: int, stride: int, patch: int, size: int, index: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Sums over the patches of grid locations ``index`` (default: all) along ``axis``, from a zero-led cumulative
+    sum along that axis."""
+    if index is None:
+        index = torch.arange(-(-size // stride), device=cumulative.device)
     start, end = patch_bounds(index, stride, patch, size)
     return cumulative.index_select(axis, end) - cumulative.index_select(axis, start)
 
@@ -82,28 +86,38 @@ class LabelIntegral:
         self.num_classes = num_classes
         self._first = _cumulative(_one_hot_channels(labels, num_classes, ignore_index), 2)
 
-    def grid(self, stride: Sequence[int], patch: Sequence[int]) -> torch.Tensor:
-        """Class counts for every location of a grid with ``stride``, patches of length ``patch`` (per axis).
+    def grid(
+        self, stride: Sequence[int], patch: Sequence[int], index: Sequence[torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Class counts for the locations of a grid with ``stride``, patches of length ``patch`` (per axis).
+
+        Args:
+            index: optional per-axis grid indices to evaluate (their Cartesian product); default all.
 
         Shape:
-            returns int32 ``[B, K, *grid]`` with ``grid = ceil(S / stride)`` per axis.
+            returns int32 ``[B, K, *grid]`` with ``grid = ceil(S / stride)`` per axis (or the lengths of ``index``).
         """
-        out = _interval_sums(self._first, 2, stride[0], patch[0], self.size[0])
+        index = index or [None] * len(self.size)
+        out = _interval_sums(self._first, 2, stride[0], patch[0], self.size[0], index[0])
         for axis in range(1, len(self.size)):
-            out = _interval_sums(_cumulative(out, axis + 2), axis + 2, stride[axis], patch[axis], self.size[axis])
+            out = _interval_sums(_cumulative(out, axis + 2), axis + 2, stride[axis], patch[axis], self.size[axis],
+                                 index[axis])
         return out
 
     def points(self, positions: torch.Tensor, stride: Sequence[int], patch: Sequence[int]) -> torch.Tensor:
         """Class counts of the patches of the feature locations ``positions``.
 
+        Only the Cartesian product of the coordinates that occur on each axis is evaluated (for the regular
+        sampling lattice that is exactly the lattice), then the points are gathered from it.
+
         Shape:
             ``positions``: long ``[B, N, d]`` feature-grid indices; returns int32 ``[B, K, N]``.
         """
-        counts = self.grid(stride, patch)
-        grid = counts.shape[2:]
+        coords = [torch.unique(positions[..., axis]) for axis in range(positions.shape[-1])]
+        counts = self.grid(stride, patch, coords)
         linear = torch.zeros_like(positions[..., 0])
-        for axis, g in enumerate(grid):
-            linear = linear * g + positions[..., axis]
+        for axis, values in enumerate(coords):
+            linear = linear * len(values) + torch.searchsorted(values, positions[..., axis].contiguous())
         flat = counts.flatten(2)
         return flat.gather(2, linear.unsqueeze(1).expand(-1, flat.shape[1], -1))
 
