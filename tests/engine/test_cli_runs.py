@@ -125,3 +125,13 @@ def test_verify_command_exit_codes(tiny_folder, tmp_path, capsys):
     # training runs the quick check first and stops before creating anything
     assert main(["train", "--preset", "folder", "--data-root", str(bad), "--out", str(tmp_path / "r")]) == 2
     assert "failed the quick check" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_evaluate_on_another_dataset_uses_all_of_its_cases(trained, tmp_path):
+    from dragsaw.data import write_folder
+
+    other = write_folder(tmp_path / "other", n_train=3, n_test=2, size=(36, 44), seed=7)
+    out = tmp_path / "cross"
+    assert main(["evaluate", str(trained), "--preset", "folder", "--data-root", str(other), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["test"]["per_case"]) == 5 and "val" not in metrics

@@ -12,20 +12,23 @@ from ..config import RunConfig
 from ..data import VolumeDataset, collate_eval3d, ct_statistics, dataset_properties, find_cases, worker_init_fn3d
 from ..data import cross_validation_splits, resolve_splits
 from ..errors import ConfigError
-from .datamodule import preflight
+from .datamodule import all_as_test, preflight
 
 __all__ = ["VolumeData", "volume_cases"]
 
 
-def volume_cases(config: RunConfig, splits_path: Path | None, *, verify: bool = True) -> dict:
+def volume_cases(config: RunConfig, splits_path: Path | None, *, verify: bool = True,
+                 evaluate_only: bool = False) -> dict:
     """Cases of a volume dataset completed to train/val/test: a cross-validation fold when ``data.fold`` is set,
-    else seeded carving as in 2D."""
+    else seeded carving as in 2D; with ``evaluate_only`` every case is a test case."""
     dc = config.data
     if not dc.root:
         raise ConfigError(f"no data root for dataset {dc.dataset!r}: pass --data-root PATH (a Decathlon task folder).")
     found = find_cases(dc.dataset, dc.root)
     if verify:
         preflight(found, config)
+    if evaluate_only:
+        return all_as_test(found)
     if dc.fold is not None:
         return cross_validation_splits(found, folds=dc.folds, fold=dc.fold, seed=dc.split_seed, path=splits_path)
     return resolve_splits(found, val_fraction=dc.val_fraction, test_fraction=dc.test_fraction, seed=dc.split_seed,
@@ -64,12 +67,12 @@ class VolumeData(L.LightningDataModule):
     resolved value is written back into ``config.data.target_spacing`` so that ``config.yaml`` records it.
     """
 
-    def __init__(self, config: RunConfig, splits_path: Path | None) -> None:
+    def __init__(self, config: RunConfig, splits_path: Path | None, *, evaluate_only: bool = False) -> None:
         super().__init__()
         self.config = config
         dc, tc = config.data, config.train
-        self.splits = volume_cases(config, splits_path)
-        if not self.splits["train"]:
+        self.splits = volume_cases(config, splits_path, evaluate_only=evaluate_only)
+        if not self.splits["train"] and not evaluate_only:
             raise ConfigError(f"dataset {dc.dataset!r} at {dc.root!r} has no training cases.")
         if dc.target_spacing is None:
             dc.target_spacing = [float(v) for v in dataset_properties(self.splits["train"])["target_spacing"]]
@@ -82,12 +85,13 @@ class VolumeData(L.LightningDataModule):
             dc.ct_stats = {str(k): {n: float(v) for n, v in stats.items()} for k, stats in ct_stats.items()}
         common = dict(num_classes=dc.num_classes, target_spacing=dc.target_spacing, modalities=modalities,
                       patch_size=dc.input_size, ct_stats=ct_stats, value_map=dc.value_map)
-        self.train_set = VolumeDataset(self.splits["train"], train=True, seed=tc.seed, **common)
+        self.train_set = None if evaluate_only else VolumeDataset(self.splits["train"], train=True, seed=tc.seed,
+                                                                  **common)
         self.eval_sets = {
             name: VolumeDataset(cases, train=False, **common)
             for name, cases in self.splits.items() if name in ("val", "test") and cases
         }
-        self.in_channels = self.train_set.channels
+        self.in_channels = (self.train_set or next(iter(self.eval_sets.values()))).channels
 
     def steps_per_epoch(self) -> int:
         tc = self.config.train

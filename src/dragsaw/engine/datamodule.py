@@ -13,7 +13,7 @@ from ..data import SegmentationDataset, collate_eval, find_cases, resolve_splits
 from ..data.verify import verify_cases
 from ..errors import ConfigError, DataError
 
-__all__ = ["EpochSampler", "SegmentationData", "cases_for", "preflight"]
+__all__ = ["EpochSampler", "SegmentationData", "all_as_test", "cases_for", "preflight"]
 
 
 def preflight(found: dict, config: RunConfig) -> None:
@@ -29,9 +29,14 @@ def preflight(found: dict, config: RunConfig) -> None:
         )
 
 
-def cases_for(config: RunConfig, splits_path: Path | None, *, verify: bool = True):
+def all_as_test(found: dict) -> dict:
+    """Every case of a dataset as the test split (evaluating a trained model on another dataset)."""
+    return {"train": [], "val": [], "test": [c for split in found.values() for c in split]}
+
+
+def cases_for(config: RunConfig, splits_path: Path | None, *, verify: bool = True, evaluate_only: bool = False):
     """Find the cases of ``config.data`` (quick-checked) and complete them to train/val/test (reusing
-    ``splits_path``)."""
+    ``splits_path``); with ``evaluate_only`` every case is a test case."""
     dc = config.data
     if not dc.root:
         raise ConfigError(
@@ -41,6 +46,8 @@ def cases_for(config: RunConfig, splits_path: Path | None, *, verify: bool = Tru
     found = find_cases(dc.dataset, dc.root, **options)
     if verify:
         preflight(found, config)
+    if evaluate_only:
+        return all_as_test(found)
     return resolve_splits(
         found, val_fraction=dc.val_fraction, test_fraction=dc.test_fraction, seed=dc.split_seed, path=splits_path
     )
@@ -82,22 +89,25 @@ class SegmentationData(L.LightningDataModule):
         splits_path: where ``splits.json`` is written (or read, on resume).
     """
 
-    def __init__(self, config: RunConfig, splits_path: Path | None) -> None:
+    def __init__(self, config: RunConfig, splits_path: Path | None, *, evaluate_only: bool = False) -> None:
         super().__init__()
         self.config = config
-        self.splits = cases_for(config, splits_path)
-        if not self.splits["train"]:
+        self.splits = cases_for(config, splits_path, evaluate_only=evaluate_only)
+        if not self.splits["train"] and not evaluate_only:
             raise ConfigError(f"dataset {config.data.dataset!r} at {config.data.root!r} has no training cases.")
         dc = config.data
         common = dict(num_classes=dc.num_classes, input_size=dc.input_size, value_map=dc.value_map,
                       mean=dc.mean, std=dc.std)
-        self.train_set = SegmentationDataset(self.splits["train"], train=True, seed=config.train.seed, **common)
+        self.train_set = (
+            None if evaluate_only
+            else SegmentationDataset(self.splits["train"], train=True, seed=config.train.seed, **common)
+        )
         self.eval_sets = {
             name: SegmentationDataset(cases, train=False, **common)
             for name, cases in self.splits.items()
             if name in ("val", "test") and cases
         }
-        self.in_channels = self.train_set.channels
+        self.in_channels = (self.train_set or next(iter(self.eval_sets.values()))).channels
 
     def _loader(self, dataset, train: bool) -> DataLoader:
         tc = self.config.train

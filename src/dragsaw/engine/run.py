@@ -30,7 +30,7 @@ from .data3d import VolumeData
 from .datamodule import SegmentationData
 from .task import SegmentationTask
 
-__all__ = ["train", "evaluate_run", "load_task", "resume_config", "write_json_atomic"]
+__all__ = ["train", "evaluate_run", "load_task", "resume_config"]
 
 
 def _prepare_dir(run_dir: Path, resume: bool) -> None:
@@ -56,11 +56,10 @@ def _device(trainer: L.Trainer) -> torch.device:
     return trainer.strategy.root_device
 
 
-def _data_module(config: RunConfig, splits_path: Path | None):
+def _data_module(config: RunConfig, splits_path: Path | None, evaluate_only: bool = False):
     """The 2D or 3D data module of a configuration."""
-    if config.model.spatial_dims == 3:
-        return VolumeData(config, splits_path)
-    return SegmentationData(config, splits_path)
+    cls = VolumeData if config.model.spatial_dims == 3 else SegmentationData
+    return cls(config, splits_path, evaluate_only=evaluate_only)
 
 
 def _evaluate_splits(task, data, splits, device, plots_dir: Path | None, hd95: bool = True, config=None) -> dict:
@@ -236,7 +235,8 @@ def load_task(run_or_ckpt: str | Path, which: str = "best") -> tuple[Segmentatio
 
 def evaluate_run(run_or_ckpt: str | Path, config: RunConfig | None = None, *, out: str | Path | None = None,
                  splits=("val", "test")) -> dict:
-    """Evaluate a trained run on its own data (``config=None``) or on another dataset's configuration.
+    """Evaluate a trained run on its own data (``config=None``: its validation and test splits) or on another
+    dataset's configuration (every case of that dataset, reported as ``test``).
 
     Writes ``metrics.json`` (and overlays) to ``out`` when given, else, for the run's own data, to
     ``<run>/evaluation/``.
@@ -254,7 +254,7 @@ def evaluate_run(run_or_ckpt: str | Path, config: RunConfig | None = None, *, ou
         for key in ("input_size", "mean", "std", "target_spacing", "ct_stats"):
             setattr(config.data, key, getattr(task.config.data, key))
     splits_path = run_dir / "splits.json" if own else None
-    data = _data_module(config, splits_path)
+    data = _data_module(config, splits_path, evaluate_only=not own)  # another dataset: all of it is test data
     out_dir = Path(out) if out else run_dir / "evaluation"
     out_dir.mkdir(parents=True, exist_ok=True)
     results = _evaluate_splits(task, data, splits, torch.device("cpu"), out_dir, config=config)
