@@ -1,15 +1,19 @@
-"""Seconds per training step of the full model (PDCR + UAFS) over the baseline: same host, batch and input.
+"""Seconds per training step and peak memory of the full model (PDCR + UAFS) over the baseline.
 
-Run: ``.venv/bin/python benchmarks/step_overhead.py [--host unet|deeplab] [--size 256] [--batch 8]``.
-One step = forward, loss (CE + PDCR terms), backward and an Adam update, through the same
-``SegmentationTask.training_step`` the engine uses; steps of the variants are interleaved so that machine noise
-hits them alike. Prints the median of each variant and the ratio (goal: <= 1.15x on CPU).
+Run: ``.venv/bin/python benchmarks/step_overhead.py [--dims 2|3] [--host unet|deeplab] [--size N] [--batch B]``.
+One step = forward, loss (CE + Dice + PDCR terms, deep supervision in 3D), backward and an Adam update, through
+the same ``SegmentationTask.training_step`` the engine uses, on a fixed random batch. Steps of the variants are
+interleaved so that machine noise hits them alike; peak memory is measured per variant in a fresh process (peak
+resident set size above the process's size before the first step). Prints medians and ratios (goal <= 1.15x).
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import platform
+import resource
+import threading
 import time
 
 import torch
@@ -21,17 +25,36 @@ from dragsaw.engine import SegmentationTask
 HOSTS = {
     "unet": ["model.name=unet", "model.options={channels: [16, 32, 64, 128, 256]}"],
     "deeplab": ["model.name=deeplabv3plus", "model.options={backbone: xception, width: 0.5, middle_blocks: 4}"],
+    "dynunet": [],  # the decathlon preset's CPU profile
 }
 
 
-def make_task(host: str, variant: str, size: int) -> tuple[SegmentationTask, torch.optim.Optimizer]:
-    config = apply_overrides(load_preset("folder", "cpu"), [*HOSTS[host], f"data.input_size=[{size}, {size}]",
-                                                            *variant_overrides(variant)])
+def make_task(args, variant: str) -> tuple[SegmentationTask, torch.optim.Optimizer]:
+    if args.dims == 3:
+        size = [args.size, args.size, args.size * 2 // 3]
+        config = apply_overrides(load_preset("decathlon", "cpu"), [
+            f"data.input_size={size}", "data.target_spacing=[1.0, 1.0, 2.5]", "data.num_classes=3",
+            *variant_overrides(variant)])
+    else:
+        config = apply_overrides(load_preset("folder", "cpu"), [*HOSTS[args.host], f"data.input_size=[{args.size}, {args.size}]",
+                                                                *variant_overrides(variant)])
     torch.manual_seed(0)
-    task = SegmentationTask.from_config(config, in_channels=3)
+    task = SegmentationTask.from_config(config, in_channels=2 if args.dims == 3 else 3)
     task.log_dict = lambda *a, **k: None  # no trainer attached: logging is a no-op here
     task.log = lambda *a, **k: None
+    task.train()
     return task, torch.optim.Adam(task.parameters(), lr=1e-4)
+
+
+def make_batch(args) -> dict:
+    generator = torch.Generator().manual_seed(0)
+    if args.dims == 3:
+        size = (args.size, args.size, args.size * 2 // 3)
+        return {"image": torch.randn(args.batch, 2, *size, generator=generator),
+                "label": torch.randint(0, 3, (args.batch, *size), generator=generator)}
+    size = (args.size, args.size)
+    return {"image": torch.randn(args.batch, 3, *size, generator=generator),
+            "label": (torch.rand(args.batch, *size, generator=generator) > 0.7).long()}
 
 
 def step(task, optimizer, batch) -> None:
@@ -40,23 +63,50 @@ def step(task, optimizer, batch) -> None:
     optimizer.step()
 
 
+def _resident_mib() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _memory(args, variant, queue) -> None:
+    """Peak resident memory above the idle level during two steps, sampled every millisecond (Linux)."""
+    torch.set_num_threads(args.threads)
+    task, optimizer = make_task(args, variant)
+    batch = make_batch(args)
+    step(task, optimizer, batch)  # optimizer state and gradients exist from here on, as in training
+    optimizer.zero_grad(set_to_none=True)
+    before, peak, done = _resident_mib(), [0.0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _resident_mib())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    for _ in range(2):
+        step(task, optimizer, batch)
+    done.set()
+    sampler.join()
+    queue.put(peak[0] - before)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", choices=sorted(HOSTS), default="unet")
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--dims", type=int, choices=(2, 3), default=2)
+    parser.add_argument("--host", choices=sorted(HOSTS), default="unet", help="2D host")
+    parser.add_argument("--size", type=int, default=None, help="2D: H = W (default 256); 3D: X = Y (default 48)")
+    parser.add_argument("--batch", type=int, default=None, help="default 8 (2D) / 2 (3D)")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--variants", nargs="+", default=["baseline", "+PDCR", "+UAFS", "+PDCR+UAFS"])
     args = parser.parse_args()
-    torch.set_num_threads(2)
-    generator = torch.Generator().manual_seed(0)
-    batch = {
-        "image": torch.randn(args.batch, 3, args.size, args.size, generator=generator),
-        "label": (torch.rand(args.batch, args.size, args.size, generator=generator) > 0.7).long(),
-    }
-    tasks = {v: make_task(args.host, v, args.size) for v in args.variants}
+    args.size = args.size or (48 if args.dims == 3 else 256)
+    args.batch = args.batch or (2 if args.dims == 3 else 8)
+    torch.set_num_threads(args.threads)
+    batch = make_batch(args)
+    tasks = {v: make_task(args, v) for v in args.variants}
     for task, optimizer in tasks.values():
-        task.train()
         step(task, optimizer, batch)  # warm-up
     times = {v: [] for v in tasks}
     for _ in range(args.steps):
@@ -64,12 +114,24 @@ def main() -> None:
             start = time.perf_counter()
             step(task, optimizer, batch)
             times[variant].append(time.perf_counter() - start)
-    print(f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads; host {args.host}, "
-          f"batch {args.batch} x 3 x {args.size} x {args.size}, median of {args.steps} steps")
-    base = sorted(times[args.variants[0]])[args.steps // 2]
-    for variant, values in times.items():
-        median = sorted(values)[args.steps // 2]
-        print(f"  {variant:<12} {median:7.3f} s/step   x{median / base:5.2f} of {args.variants[0]}")
+    ctx = mp.get_context("spawn")
+    memory = {}
+    for variant in args.variants:
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_memory, args=(args, variant, queue))
+        proc.start()
+        memory[variant] = queue.get()
+        proc.join()
+    shape = "x".join(str(v) for v in batch["image"].shape)
+    host = "dynunet (decathlon cpu profile)" if args.dims == 3 else args.host
+    print(f"torch {torch.__version__}, {platform.machine()}, {args.threads} threads; host {host}, batch {shape}, "
+          f"median of {args.steps} interleaved steps")
+    base_t = sorted(times[args.variants[0]])[args.steps // 2]
+    base_m = memory[args.variants[0]]
+    for variant in args.variants:
+        median = sorted(times[variant])[args.steps // 2]
+        print(f"  {variant:<12} {median:7.3f} s/step  x{median / base_t:5.2f}   peak +{memory[variant]:7.0f} MiB  "
+              f"x{memory[variant] / base_m:5.2f}")
 
 
 if __name__ == "__main__":
