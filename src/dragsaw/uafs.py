@@ -115,7 +115,7 @@ class UncertaintySelect(nn.Module):
         h = self.uncertainty(x)
         if self.record:
             self.last_uncertainty = h.detach()
-        return x + x * (1.0 - h)
+        return x * (2.0 - h)  # = x + x * (1 - H), one pass over x
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, spatial_dims={self.spatial_dims}, branches={self.branches}"

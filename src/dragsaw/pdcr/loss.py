@@ -100,25 +100,46 @@ def dragsaw_loss(
     if orientation not in ORIENTATIONS:
         raise ValueError(f"orientation must be one of {ORIENTATIONS}, got {orientation!r}.")
 
+    return series_loss(emb_a, [comp_a], emb_b, [comp_b], temperature, orientation)
+
+
+def series_loss(
+    emb_a: torch.Tensor,
+    comps_a: list[torch.Tensor],
+    emb_b: torch.Tensor,
+    comps_b: list[torch.Tensor],
+    temperature: float,
+    orientation: str = "intended",
+) -> torch.Tensor:
+    """Mean over a series of patch sizes of :func:`dragsaw_loss`, sharing one similarity matrix.
+
+    ``comps_a[i]`` / ``comps_b[i]`` are the compositions for patch size ``i`` (``comps_b`` may hold a single
+    entry used for every size). Inputs are assumed validated (the public entry points check them).
+
+    Shape:
+        ``emb_a`` ``[B, N, D]``, ``emb_b`` ``[B, M, D]``, each composition ``[B, N|M, K]``; returns a scalar.
+    """
     dtype = torch.float64 if torch.float64 in (emb_a.dtype, emb_b.dtype) else torch.float32
     with torch.autocast(device_type=emb_a.device.type, enabled=False):
         u = F.normalize(emb_a.to(dtype), dim=-1, eps=1e-12)
-        v = F.normalize(emb_b.to(dtype), dim=-1, eps=1e-12)
+        v = u if emb_b is emb_a else F.normalize(emb_b.to(dtype), dim=-1, eps=1e-12)
         cos = torch.bmm(u, v.transpose(1, 2)).clamp(-1.0, 1.0)
-        sim = (cos - 1.0) / temperature  # [B, N, M]
+        sim = (cos - 1.0) / temperature  # [B, N, M], shared by every patch size
 
-        pa, pb = comp_a.to(dtype), comp_b.to(dtype)
-        div = 0.5 * (pa.unsqueeze(2) - pb.unsqueeze(1)).abs().sum(-1)  # [B, N, M]
+        pa = torch.stack([c.to(dtype) for c in comps_a])  # [P, B, N, K]
+        pb = torch.stack([c.to(dtype) for c in comps_b])  # [P or 1, B, M, K]
+        div = 0.5 * (pa.unsqueeze(3) - pb.unsqueeze(2)).abs().sum(-1)  # [P, B, N, M]
         div = div.clamp(0.0, 1.0)
         aff = 1.0 - div
         w_pos, w_neg = (aff, div) if orientation == "intended" else (div, aff)
 
-        valid_a = pa.sum(-1) > 0  # [B, N]
-        valid_b = pb.sum(-1) > 0  # [B, M]
-        pair = valid_a.unsqueeze(2) & valid_b.unsqueeze(1)
+        valid_a = pa.sum(-1) > 0  # [P, B, N]
+        valid_b = pb.sum(-1) > 0  # [P or 1, B, M]
+        pair = valid_a.unsqueeze(3) & valid_b.unsqueeze(2)  # [P, B, N, M]
         # invalid candidates get the most negative finite logit: exp() -> 0 and no NaN in any gradient
-        logits = (w_neg * sim).masked_fill(~valid_b.unsqueeze(1), torch.finfo(dtype).min)
-        lse = torch.logsumexp(logits, dim=2, keepdim=True)  # [B, N, 1]
-        lse = torch.where(valid_b.any(1).view(-1, 1, 1), lse, torch.zeros_like(lse))
-        terms = torch.where(pair, -w_pos * sim + lse, torch.zeros_like(sim))
-        return terms.sum() / pair.sum().clamp(min=1).to(dtype)
+        logits = (w_neg * sim).masked_fill(~valid_b.unsqueeze(2), torch.finfo(dtype).min)
+        lse = torch.logsumexp(logits, dim=3, keepdim=True)  # [P, B, N, 1]
+        lse = torch.where(valid_b.any(2)[..., None, None], lse, torch.zeros_like(lse))
+        terms = torch.where(pair, -w_pos * sim + lse, torch.zeros_like(div))
+        per_size = terms.flatten(1).sum(1) / pair.flatten(1).sum(1).clamp(min=1).to(dtype)
+        return per_size.mean()

@@ -11,7 +11,7 @@ from torch import nn
 
 from .._checks import as_axis_tuple, check_spatial_dims
 from .composition import LabelIntegral, counts_to_composition
-from .loss import ORIENTATIONS, dragsaw_loss
+from .loss import ORIENTATIONS, series_loss
 from .sampling import SAMPLERS, auto_border, grid_positions, random_positions
 
 __all__ = ["PatchDragsawLoss", "PDCROutput"]
@@ -201,11 +201,10 @@ class PatchDragsawLoss(nn.Module):
         return [counts_to_composition(integral.points(pos, stride, k)).transpose(1, 2) for k in self.patches[name]]
 
     def _series_loss(self, emb_a, comps_a, emb_b=None, comps_b=None) -> torch.Tensor:
-        losses = []
-        for i, comp_a in enumerate(comps_a):
-            comp_b = None if comps_b is None else comps_b[min(i, len(comps_b) - 1)]
-            losses.append(dragsaw_loss(emb_a, comp_a, emb_b, comp_b, self.temperature, orientation=self.orientation))
-        return torch.stack(losses).mean()
+        """H-PDCR: the loss per patch length, averaged (one shared similarity matrix)."""
+        if emb_b is None:
+            emb_b, comps_b = emb_a, comps_a
+        return series_loss(emb_a, comps_a, emb_b, comps_b, self.temperature, self.orientation)
 
     # ------------------------------------------------------------------ forward
     def forward(
