@@ -1,21 +1,53 @@
 """The ``dragsaw`` command line: thin argument parsing over plain functions (which the tests call directly).
 
 Every user-facing failure is printed as one paragraph (what, which file or value, how to fix) with a non-zero
-exit code; ``--debug`` shows the Python traceback instead.
+exit code; ``--debug`` shows the Python traceback instead. Exit codes: 0 success, 1 ``verify --strict`` found
+warnings only, 2 bad input (argument, path, data, configuration, output folder; also ``predict`` with some bad
+inputs), 3 an unexpected internal error (a bug: rerun with ``--debug`` and report it), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 from pathlib import Path
 
 from .errors import ConfigError, DragsawError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "check_output_dir"]
 
 EXIT_ERROR = 2
+EXIT_INTERNAL = 3
+
+
+class _Failed(DragsawError):
+    """A command that ran to completion but must exit with ``code`` and a message (e.g. a failed check)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Check, without creating anything, that the folder ``path`` can be created (or written when it exists).
+
+    Raises:
+        ConfigError: ``path`` is an existing file, lies under a file, or its nearest existing folder is not
+            writable; the message names the path and the option to change.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {str(path)!r} is an existing file, not a folder; choose a folder path for {flag}.")
+    existing = next((p for p in [path, *path.parents] if p.exists()), Path.cwd())
+    if not existing.is_dir():
+        raise ConfigError(f"cannot create {flag} {str(path)!r}: {str(existing)!r} is a file, not a folder; choose "
+                          f"another {flag}.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write {flag} {str(path)!r}: no write permission in {str(existing)!r}; choose a "
+                          f"writable {flag} or fix the folder's permissions.")
+    return path
 
 
 def _config(args) -> "RunConfig":  # noqa: F821
@@ -44,7 +76,7 @@ def cmd_train(args) -> int:
         if not args.preset:
             raise ConfigError("dragsaw train needs --preset NAME (see `dragsaw presets`) or --resume RUN.")
         config = _config(args)
-        out = Path(args.out) if args.out else Path("runs") / config.name
+        out = check_output_dir(Path(args.out) if args.out else Path("runs") / config.name)
     metrics = train(config, out, resume=bool(args.resume), progress=not args.quiet)
     _print_summary(metrics, out)
     return 0
@@ -67,6 +99,8 @@ def cmd_evaluate(args) -> int:
     config = _config(args) if args.preset else None
     if config is None and (args.data_root or args.set):
         raise ConfigError("--data-root/--set need --preset NAME to describe the other dataset.")
+    if args.out or Path(args.run).is_dir():
+        check_output_dir(args.out or Path(args.run) / "evaluation")
     metrics = evaluate_run(args.run, config, out=args.out)
     _print_summary(metrics, Path(args.out) if args.out else Path(args.run) / "evaluation")
     return 0
@@ -77,19 +111,42 @@ def cmd_predict(args) -> int:
     from .inference import predict_files
 
     task, _ = load_task(args.run)
-    inputs = []
+    inputs: list[Path] = []
     for item in args.inputs:
         path = Path(item)
-        inputs += sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")) if path.is_dir() else [path]
-    out = Path(args.out)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+            if not files:
+                raise ConfigError(f"input folder {str(path)!r} holds no files; give image/volume files or a folder "
+                                  "that holds them.")
+            inputs += files
+        else:
+            inputs.append(path)  # a missing file is reported with the other bad inputs
+    unique: dict[Path, Path] = {}
+    for path in inputs:  # each file once (a file and its folder may both be given)
+        unique.setdefault(path.resolve(), path)
+    inputs = list(unique.values())
+    out = check_output_dir(args.out)
+    created = [p for p in [out, *out.parents] if not p.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create the output directory {str(out)!r} ({exc}); choose a writable --out.") from exc
-    written, failures = predict_files(task.model, inputs, out, task.config, probabilities=args.probabilities)
-    print(f"wrote {len(written)} files for {len(inputs) - len(failures)} of {len(inputs)} inputs to {out}")
+    written: list[Path] = []
+    try:
+        written, failures = predict_files(task.model, inputs, out, task.config, probabilities=args.probabilities,
+                                          in_channels=task.hparams.get("in_channels"))
+    finally:
+        for folder in [] if written else created:  # nothing written: leave no empty output folder behind
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+    if written:
+        print(f"wrote {len(written)} files for {len(inputs) - len(failures)} of {len(inputs)} inputs to {out}")
     for path, reason in failures.items():
         print(f"error: {path}: {reason}", file=sys.stderr)
+    if failures:
+        print(f"dragsaw predict: error: {len(failures)} of {len(inputs)} input(s) could not be predicted (listed "
+              "above with the reason); fix or remove them and run predict again for those files.", file=sys.stderr)
     return EXIT_ERROR if failures else 0
 
 
@@ -103,7 +160,14 @@ def cmd_verify(args) -> int:
     report = verify_dataset(config.data.dataset, config.data.root, num_classes=config.data.num_classes,
                             value_map=config.data.value_map, quick=args.quick, **options)
     print(report.format())
-    return report.exit_code(strict=args.strict)
+    code = report.exit_code(strict=args.strict)
+    if code:
+        level = "error" if code == EXIT_ERROR else "warning"
+        found = report.of_level(level)
+        strict = " (--strict)" if code == 1 else ""
+        raise _Failed(code, f"the dataset at {config.data.root} has {len(found)} {level}(s){strict}; the first: "
+                            f"{found[0].line()}. The report above lists them all with their fixes.")
+    return 0
 
 
 def cmd_presets(args) -> int:
@@ -117,6 +181,7 @@ def cmd_presets(args) -> int:
 def cmd_synth(args) -> int:
     from .data import write_decathlon, write_folder
 
+    check_output_dir(args.out)
     if args.dims == 3:
         out = write_decathlon(args.out, n_train=args.train, n_test=args.test, shape=(args.size, args.size, args.size * 2 // 3),
                               seed=args.seed, num_classes=max(args.classes, 2))
@@ -131,6 +196,7 @@ def cmd_synth(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
+    check_output_dir(args.out)
     run_demo(Path(args.out), quick=args.quick, dims=args.dims)
     return 0
 
@@ -200,15 +266,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (DragsawError, FileNotFoundError, PermissionError) as exc:
-        if args.debug:
-            raise
-        message = textwrap.fill(f"dragsaw {args.command}: error: {exc}", width=100)
-        print(message, file=sys.stderr)
-        return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        code, text = _describe(exc)
+        paragraph = textwrap.fill(f"dragsaw {args.command}: error: {text}", width=100, break_on_hyphens=False,
+                                  break_long_words=False)  # paths stay whole (copyable)
+        print(paragraph, file=sys.stderr)
+        return code
+
+
+def _describe(exc: Exception) -> tuple[int, str]:
+    """Exit code and one-paragraph text for an exception that reached :func:`main`."""
+    if isinstance(exc, DragsawError):
+        return getattr(exc, "code", EXIT_ERROR), str(exc)
+    if isinstance(exc, OSError):  # a file system refusal the checks above did not foresee
+        where = f" {exc.filename!r}" if exc.filename else ""
+        return EXIT_ERROR, (f"{exc.strerror or exc}:{where}; check that the path exists, is of the right kind "
+                            "(file or folder) and that you may read or write it.")
+    return EXIT_INTERNAL, (f"unexpected {type(exc).__name__}: {exc}. This is a bug in dragsaw or an unchecked "
+                           "input; rerun with --debug to see the traceback and report it.")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import types
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -157,7 +159,56 @@ def config_from_dict(raw: dict, where: str = "") -> RunConfig:
             kwargs[key] = cls(**(value or {}))
         else:
             kwargs[key] = value
-    return RunConfig(**kwargs)
+    config = RunConfig(**kwargs)
+    check_config(config, where)
+    return config
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a YAML value fits a field annotation (bool is not a number; an int is a float)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        return isinstance(value, list) and all(_matches(v, args[0]) for v in value) if args else isinstance(value, list)
+    if origin is dict:
+        return isinstance(value, dict)
+    return isinstance(value, hint)
+
+
+_POSITIVE = ("epochs", "batch_size", "lr", "devices", "val_every", "iterations_per_epoch", "sw_batch_size",
+             "max_steps")
+
+
+def check_config(config: RunConfig, where: str = "") -> None:
+    """Reject values of the wrong type or range, naming the key, before anything is created or trained.
+
+    Raises:
+        ConfigError: the first bad value (``section.key``, the value, the expected type or range).
+    """
+    for section, cls in _SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            value = getattr(getattr(config, section), f.name)
+            if not _matches(value, hints[f.name]):
+                raise ConfigError(f"{where}{section}.{f.name} must be of type {hints[f.name]}, got {value!r}; fix the "
+                                  "preset or the --set value.")
+    for key in _POSITIVE:
+        value = getattr(config.train, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{where}train.{key} must be > 0, got {value!r}.")
+    dims = config.model.spatial_dims
+    if dims in (2, 3) and len(config.data.input_size) != dims:
+        raise ConfigError(f"{where}data.input_size must hold {dims} sizes for model.spatial_dims={dims}, got "
+                          f"{config.data.input_size!r}.")
 
 
 def config_to_dict(config: RunConfig) -> dict:

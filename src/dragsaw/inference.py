@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +17,9 @@ from PIL import Image
 from torch import nn
 
 from ._atomic import atomic_file
-from .data import Case, SegmentationDataset, collate_eval, preprocess_transforms, read_image, to_original_geometry, write_nifti
-from .errors import DragsawError
+from .data import (Case, SegmentationDataset, collate_eval, image_channels, preprocess_transforms, read_image,
+                   to_original_geometry, write_nifti)
+from .errors import DataError, DragsawError
 from .metrics import case_metrics, resize_logits_to
 from .report import save_overlay_png
 from .uafs import UncertaintySelect, uncertainty_maps
@@ -265,6 +269,34 @@ def _predict_volume(model, path: Path, out_dir: Path, config, settings: Inferenc
     return written
 
 
+def _check_input(path: Path, volume: bool, in_channels: int | None) -> None:
+    """Raise a :class:`DataError` naming ``path`` when it is missing, empty, not a readable NIfTI header (volumes)
+    or, with ``in_channels``, holds another channel count than the model takes."""
+    if not path.is_file():
+        raise DataError(f"{path} does not exist or is not a file; fix: check the path")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path} is empty (0 bytes); fix: copy or export it again")
+    if volume:
+        import nibabel as nib
+
+        try:
+            shape = nib.load(str(path)).shape
+        except Exception as exc:
+            raise DataError(f"{path} is not a readable NIfTI volume ({type(exc).__name__}: {exc}); fix: check that "
+                            "it is a complete .nii/.nii.gz file") from exc
+        channels = shape[3] if len(shape) == 4 else 1
+        kind = "volumes (modalities on the 4th axis)"
+    else:
+        channels = image_channels(path)  # DataError for files that are not images
+        kind = "images"
+    if in_channels is not None and channels != in_channels:
+        raise DataError(
+            f"{path} has {channels} channel(s) but this run's model takes {in_channels}-channel {kind}; fix: convert "
+            f"it to {in_channels} channel(s){'' if volume else {1: ' (grayscale)', 3: ' (RGB)'}.get(in_channels, '')} "
+            "or use a run trained on such inputs"
+        )
+
+
 def predict_files(
     model: nn.Module,
     inputs: Iterable[str | Path],
@@ -273,6 +305,7 @@ def predict_files(
     *,
     device: torch.device | str = "cpu",
     probabilities: bool = False,
+    in_channels: int | None = None,
 ) -> tuple[list[Path], dict[str, str]]:
     """Predict every input with the run's configuration and write the outputs to ``out_dir``.
 
@@ -282,34 +315,56 @@ def predict_files(
     input's geometry (same shape and affine), ``_uncertainty.nii.gz`` with UAFS, ``_probs.nii.gz`` (channels last)
     with ``probabilities``.
 
-    Bad inputs do not stop the others: they are returned as ``{path: reason}`` and nothing is written for them.
+    Bad inputs do not stop the others: they are returned as ``{path: reason}`` and nothing is written for them
+    (each input's outputs are made in a hidden folder inside ``out_dir`` and moved out only when all are complete).
+    Two different inputs with the same stem (``a.png``, ``a.jpg``) would overwrite each other's outputs: the later
+    one is reported as bad (the same file given twice is predicted once). With ``in_channels`` (the channels the
+    model was trained on), an input with another channel count is reported before it reaches the network.
 
     Returns:
         ``(written_files, failures)``.
     """
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     settings = InferenceSettings.from_config(config)
     was_training = model.training
     model.eval()
     written: list[Path] = []
     failures: dict[str, str] = {}
+    stems: dict[str, Path] = {}
     try:
         for path in inputs:
             path = Path(path)
             volume = path.name.endswith((".nii", ".nii.gz"))
+            stem = _stem(path)
             if volume != (settings.spatial_dims == 3):
                 failures[str(path)] = (f"a {'volume' if volume else '2D image'} given to a "
                                        f"{settings.spatial_dims}D model; give {'NIfTI volumes' if settings.spatial_dims == 3 else 'image files'}")
                 continue
+            if stem in stems:
+                if stems[stem].resolve() != path.resolve():
+                    failures[str(path)] = (f"its outputs ({stem}_*) would overwrite those of {stems[stem]}; rename one "
+                                           "of the two or predict them into separate --out folders")
+                continue
+            stems[stem] = path
+            staging = Path(tempfile.mkdtemp(prefix=f".{stem}.", suffix=".tmp", dir=out_dir))
+            moved: list[Path] = []
             try:
+                _check_input(path, volume, in_channels)
                 if volume:
-                    written += _predict_volume(model, path, out_dir, config, settings, device, probabilities)
+                    files = _predict_volume(model, path, staging, config, settings, device, probabilities)
                 else:
-                    written += _predict_image(model, path, out_dir, config, settings, device)
+                    files = _predict_image(model, path, staging, config, settings, device)
+                for file in files:  # all outputs of this input are complete: move them out together
+                    os.replace(file, out_dir / file.name)
+                    moved.append(out_dir / file.name)
+                written += moved
             except (DragsawError, OSError, ValueError, RuntimeError) as exc:
-                for partial in out_dir.glob(f"{_stem(path)}_*"):
-                    partial.unlink(missing_ok=True)  # no partial set of outputs for this input
+                for file in moved:
+                    file.unlink(missing_ok=True)  # no partial set of outputs for this input
                 failures[str(path)] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
     finally:
         model.train(was_training)
     return written, failures

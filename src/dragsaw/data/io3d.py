@@ -221,7 +221,7 @@ class LoadVolumed:
             return self._load({key: d[key]})[key]
         except Exception as exc:
             raise DataError(
-                f"{key} file(s) {', '.join(_paths(d[key]))} cannot be loaded ({type(exc).__name__}: {exc}); "
+                f"{key} file(s) {', '.join(_paths(d[key]))} cannot be loaded ({_cause(exc)}); "
                 "fix: check that the files are complete NIfTI volumes on one voxel grid"
             ) from exc
 
@@ -395,3 +395,10 @@ def write_nifti(array: np.ndarray | torch.Tensor, affine: np.ndarray | torch.Ten
         raise
     return path
 
+
+def _cause(exc: BaseException) -> str:
+    """``Type: first line`` of the innermost exception (MONAI's loader wraps the reader's error with tracebacks)."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"

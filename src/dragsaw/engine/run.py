@@ -38,7 +38,7 @@ def _prepare_dir(run_dir: Path, resume: bool) -> None:
         if not (run_dir / "config.yaml").is_file():
             raise ConfigError(f"cannot resume {str(run_dir)!r}: it has no config.yaml (is it a dragsaw run directory?).")
         return
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise ConfigError(
             f"run directory {str(run_dir)!r} already exists and is not empty; choose another --out, delete it, or "
             "continue it with --resume."
@@ -250,6 +250,10 @@ def evaluate_run(run_or_ckpt: str | Path, config: RunConfig | None = None, *, ou
             f"the model predicts {task.config.data.num_classes} classes but the evaluation data has "
             f"{config.data.num_classes}; evaluate on a dataset with the same classes."
         )
+    if not own and config.model.spatial_dims != task.config.model.spatial_dims:
+        dims, other = task.config.model.spatial_dims, config.model.spatial_dims
+        raise ConfigError(f"the model is {dims}D but the evaluation preset describes {other}D data; evaluate it on "
+                          f"{dims}D data (a {'2D image' if dims == 2 else '3D volume'} preset).")
     if not own:  # the model's input geometry and normalisation stay those it was trained with
         for key in ("input_size", "mean", "std", "target_spacing", "ct_stats"):
             setattr(config.data, key, getattr(task.config.data, key))
