@@ -128,3 +128,23 @@ def test_errors_name_argument_and_fix(labels, kwargs, match):
     args = {"num_classes": 2, "stride": 2, "patch_size": 3} | kwargs
     with pytest.raises(ValueError, match=match):
         label_composition(labels, **args)
+
+
+@settings(max_examples=40, deadline=None)
+@given(dims=st.integers(1, 3), data=st.data())
+def test_patch_gather_path_equals_box_sums(dims, data):
+    from dragsaw.pdcr.composition import patch_counts
+
+    size = tuple(data.draw(st.integers(2, 9)) for _ in range(dims))
+    stride = tuple(data.draw(st.integers(1, 4)) for _ in range(dims))
+    patch = tuple(data.draw(st.integers(1, 7)) for _ in range(dims))
+    k = data.draw(st.integers(2, 4))
+    ignore = data.draw(st.sampled_from([None, 0, 255]))
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 999)))
+    labels = torch.randint(0, k, (2, *size), generator=gen)
+    if ignore == 255:
+        labels[labels == 1] = 255
+    grid = [-(-n // s) for n, s in zip(size, stride)]
+    positions = torch.stack([torch.randint(0, g, (2, 5), generator=gen) for g in grid], dim=-1)
+    want = LabelIntegral(labels, k, ignore).points(positions, stride, patch)
+    torch.testing.assert_close(patch_counts(labels, positions, stride, patch, k, ignore), want)

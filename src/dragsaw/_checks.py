@@ -64,6 +64,9 @@ def check_int_labels(
     labels = labels.long()
     if labels.numel() == 0:
         return labels
+    low, high = torch.aminmax(labels)
+    if low >= 0 and high < num_classes:  # the common case: one pass over the labels
+        return labels
     bad = (labels < 0) | (labels >= num_classes)
     if ignore_index is not None:
         bad &= labels != ignore_index

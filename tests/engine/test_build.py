@@ -19,7 +19,7 @@ def cfg(*overrides):
 def test_full_model_has_uafs_at_declared_points_and_pdcr_on_declared_taps():
     net = build_network(cfg(), in_channels=3)
     blocks = {n for n, m in net.model.named_modules() if isinstance(m, UncertaintySelect)}
-    assert blocks == {f"{p}.1" for p in net.uafs_points} and len(blocks) == 3  # every decoder stage
+    assert blocks == {f"{p}.1" for p in net.uafs_points} and len(blocks) == 2  # decoder stages below full res
     assert net.pdcr is not None
     assert net.pdcr.layer_weights == {"encoder.1": 0.1, "encoder.2": 0.1, "decoder.1": 0.01, "decoder.2": 0.01}
     assert net.pdcr.samples == {"encoder.1": 64, "encoder.2": 32, "decoder.1": 32, "decoder.2": 8}

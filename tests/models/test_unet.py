@@ -64,7 +64,8 @@ def test_description_follows_the_depth(depth):
     ]
     assert [t.channels for t in taps] == [channels[1], channels[2], channels[1], channels[0]]
     assert model.pdcr_cross() == [("encoder.1", "encoder.2")]
-    assert model.uafs_points() == [(f"decoder.{j}", channels[depth - 1 - j]) for j in range(depth)]
+    # every decoder stage below full resolution
+    assert model.uafs_points() == [(f"decoder.{j}", channels[depth - 1 - j]) for j in range(depth - 1)]
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .._checks import as_axis_tuple, check_int_labels
 
-__all__ = ["label_composition", "LabelIntegral", "patch_bounds"]
+__all__ = ["label_composition", "LabelIntegral", "patch_bounds", "patch_counts"]
 
 
 def patch_bounds(index: torch.Tensor, stride: int, patch: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,6 +120,45 @@ class LabelIntegral:
             linear = linear * len(values) + torch.searchsorted(values, positions[..., axis].contiguous())
         flat = counts.flatten(2)
         return flat.gather(2, linear.unsqueeze(1).expand(-1, flat.shape[1], -1))
+
+
+def patch_counts(
+    labels: torch.Tensor,
+    positions: torch.Tensor,
+    stride: Sequence[int],
+    patch: Sequence[int],
+    num_classes: int,
+    ignore_index: int | None = None,
+) -> torch.Tensor:
+    """Class counts of the patches of feature locations ``positions``, by gathering the patches' labels.
+
+    The same boxes as :meth:`LabelIntegral.points` (clipped, ignored pixels left out), at a cost of
+    ``B * N * prod(patch)`` reads instead of a pass over the whole label map: the fast path for a few sampled
+    locations with small patches. ``labels`` must already be checked (int64, values in range or ignored).
+
+    Shape:
+        ``labels`` ``[B, *S]``, ``positions`` long ``[B, N, d]``; returns int32 ``[B, K, N]``.
+    """
+    batch, count, ndim = positions.shape
+    size = labels.shape[1:]
+    linear, valid = None, None
+    for axis in range(ndim):
+        start = positions[..., axis] * stride[axis] - (patch[axis] - stride[axis]) // 2  # [B, N]
+        coord = start.unsqueeze(-1) + torch.arange(patch[axis], device=labels.device)  # [B, N, k]
+        inside = (coord >= 0) & (coord < size[axis])
+        coord = coord.clamp(0, size[axis] - 1)
+        shape = [batch, count] + [1] * ndim
+        shape[2 + axis] = patch[axis]
+        coord, inside = coord.view(shape), inside.view(shape)
+        linear = coord if linear is None else linear * size[axis] + coord
+        valid = inside if valid is None else valid & inside
+    values = labels.flatten(1).gather(1, linear.expand(batch, count, *patch).flatten(1)).view(batch, count, -1)
+    valid = valid.expand(batch, count, *patch).reshape(batch, count, -1)
+    if ignore_index is not None:
+        valid = valid & (values != ignore_index)
+    counts = torch.zeros(batch, count, num_classes, dtype=torch.int32, device=labels.device)
+    counts.scatter_add_(2, torch.where(valid, values, 0).clamp(0, num_classes - 1), valid.to(torch.int32))
+    return counts.transpose(1, 2)
 
 
 def counts_to_composition(counts: torch.Tensor, dim: int = 1) -> torch.Tensor:

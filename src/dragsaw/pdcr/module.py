@@ -9,8 +9,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .._checks import as_axis_tuple, check_spatial_dims
-from .composition import LabelIntegral, counts_to_composition
+from .._checks import as_axis_tuple, check_int_labels, check_spatial_dims
+from .composition import LabelIntegral, counts_to_composition, patch_counts
 from .loss import ORIENTATIONS, series_loss
 from .sampling import SAMPLERS, auto_border, grid_positions, random_positions
 
@@ -27,6 +27,18 @@ class PDCROutput(NamedTuple):
 
     total: torch.Tensor
     terms: dict[str, torch.Tensor]
+
+
+class _Labels:
+    """Checked labels of one call, with their integral built only if some patch needs it."""
+
+    def __init__(self, tensor: torch.Tensor, owner: PatchDragsawLoss) -> None:
+        self.tensor, self._owner, self._integral = tensor, owner, None
+
+    def integral(self) -> LabelIntegral:
+        if self._integral is None:
+            self._integral = LabelIntegral(self.tensor, self._owner.num_classes, self._owner.ignore_index)
+        return self._integral
 
 
 def _key(name: str) -> str:
@@ -196,9 +208,17 @@ class PatchDragsawLoss(nn.Module):
         vectors = feat.flatten(2).gather(2, linear.unsqueeze(1).expand(-1, feat.shape[1], -1))
         return vectors.transpose(1, 2), pos
 
-    def _compositions(self, integral: LabelIntegral, name: str, pos: torch.Tensor, stride) -> list[torch.Tensor]:
-        """One ``[B, N, K]`` composition per patch length of ``name``."""
-        return [counts_to_composition(integral.points(pos, stride, k)).transpose(1, 2) for k in self.patches[name]]
+    def _compositions(self, labels: _Labels, name: str, pos: torch.Tensor, stride) -> list[torch.Tensor]:
+        """One ``[B, N, K]`` composition per patch length of ``name``: gathered patch labels for small patches,
+        box sums over a shared integral when the patches would read more than the label map itself."""
+        out = []
+        for k in self.patches[name]:
+            if pos.shape[0] * pos.shape[1] * math.prod(k) <= labels.tensor.numel():
+                counts = patch_counts(labels.tensor, pos, stride, k, self.num_classes, self.ignore_index)
+            else:
+                counts = labels.integral().points(pos, stride, k)
+            out.append(counts_to_composition(counts).transpose(1, 2))
+        return out
 
     def _series_loss(self, emb_a, comps_a, emb_b=None, comps_b=None) -> torch.Tensor:
         """H-PDCR: the loss per patch length, averaged (one shared similarity matrix)."""
@@ -240,7 +260,7 @@ class PatchDragsawLoss(nn.Module):
                     "labels of the same batch."
                 )
         device = features[self.tapped[0]].device
-        integral = LabelIntegral(labels.to(device), self.num_classes, self.ignore_index)
+        integral = _Labels(check_int_labels(labels.to(device), self.num_classes, self.ignore_index), self)
         stride = {n: self._stride(n, features[n], size, strides) for n in self.tapped}
 
         terms: dict[str, torch.Tensor] = {}
