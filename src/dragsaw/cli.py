@@ -77,6 +77,8 @@ def cmd_train(args) -> int:
             raise ConfigError("dragsaw train needs --preset NAME (see `dragsaw presets`) or --resume RUN.")
         config = _config(args)
         out = check_output_dir(Path(args.out) if args.out else Path("runs") / config.name)
+    if args.deterministic:
+        config.train.deterministic = True
     metrics = train(config, out, resume=bool(args.resume), progress=not args.quiet)
     _print_summary(metrics, out)
     return 0
@@ -224,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run directory (default: runs/<preset>)")
     train.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--deterministic", action="store_true",
+                       help="deterministic algorithms: an interrupted and resumed run ends as an uninterrupted one")
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="evaluate a run (on its own data, or on another preset's data)")
