@@ -53,6 +53,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_folder, tmp_path):
 
     assert main(["train", "--resume", str(run), "--quiet"]) == 0  # the saved config keeps deterministic: true
     got = json.loads((run / "metrics.json").read_text())
+    print(f"killed after the checkpoint of epoch {killed_at}; test Dice uninterrupted "
+          f"{want['test']['mean']['dice_fg']['mean']:.6f}, killed+resumed {got['test']['mean']['dice_fg']['mean']:.6f}; "
+          f"steps {want['global_steps']} / {got['global_steps']}")
     assert got["global_steps"] == want["global_steps"]
     for split in ("val", "test"):
         for key in ("dice_fg", "jaccard_fg", "accuracy"):
