@@ -260,7 +260,8 @@ def test_folder_layout_errors(tmp_path, files):
 
 
 def test_registry_names_and_errors(tmp_path):
-    assert set(DATASETS) == {"isic2016", "isic2017", "ph2", "isic2016_ph2", "montgomery", "digestpath", "folder"}
+    assert set(DATASETS) == {"isic2016", "isic2017", "ph2", "isic2016_ph2", "montgomery", "digestpath", "folder",
+                             "decathlon"}  # decathlon is registered by dragsaw.data
     with pytest.raises(ConfigError, match="did you mean 'isic2016'") as info:
         find_cases("isic216", tmp_path)
     assert "folder" in str(info.value) and "montgomery" in str(info.value)
