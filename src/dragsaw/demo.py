@@ -26,7 +26,7 @@ class DemoSettings:
 
 DEMO = DemoSettings(n_train=80, n_test=30, size=128, epochs=24)
 QUICK = DemoSettings(n_train=12, n_test=4, size=64, epochs=1)
-DEMO_3D = DemoSettings(n_train=12, n_test=4, size=48, epochs=8)
+DEMO_3D = DemoSettings(n_train=12, n_test=4, size=48, epochs=30)
 QUICK_3D = DemoSettings(n_train=6, n_test=2, size=48, epochs=1)
 VOLUME = (48, 48, 32)  # synthetic volume shape; spacing (1, 1, 2.5) mm
 
@@ -49,7 +49,7 @@ def demo_config(data_root: Path, settings: DemoSettings, variant: str, dims: int
     """The demo's configuration: the CPU profile of ``folder`` (2D) or ``decathlon`` (3D) on the synthetic data."""
     config = load_preset("folder" if dims == 2 else "decathlon", "cpu")
     size = [settings.size] * 2 if dims == 2 else [settings.size, settings.size, settings.size * 2 // 3]
-    iterations = 2 if settings.epochs == 1 else 10
+    iterations = 2 if settings.epochs == 1 else 20
     extra = [] if dims == 2 else ["data.fold=null", f"train.iterations_per_epoch={iterations}"]
     overrides = [
         f"data.root={data_root}",
