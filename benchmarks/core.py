@@ -15,11 +15,10 @@ import argparse
 import math
 import multiprocessing as mp
 import platform
-import resource
-import threading
 import time
 
 import torch
+from _memory import peak_extra_mib
 
 
 def timeit(fn, repeat: int) -> float:
@@ -98,29 +97,13 @@ def _step(loss, feats, labels):
     loss(feats, labels).total.backward()
 
 
-def _resident_mib() -> float:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
-
-
 def _memory_worker(queue):
-    """Peak resident memory above the idle level during one forward+backward, sampled every millisecond."""
+    """Peak resident memory above the idle level during one forward+backward."""
     torch.set_num_threads(2)
     loss, feats, labels = _regulariser_case()
-    before, peak, done = _resident_mib(), [0.0], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], _resident_mib())
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    _step(loss, feats, labels)
-    done.set()
-    sampler.join()
+    extra = peak_extra_mib(lambda: _step(loss, feats, labels))
     feature_bytes = sum(f.numel() * f.element_size() for f in feats.values())
-    queue.put((peak[0] - before, feature_bytes / 2**20))
+    queue.put((extra, feature_bytes / 2**20))
 
 
 def bench_regulariser(repeat):

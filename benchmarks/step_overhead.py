@@ -12,11 +12,10 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import platform
-import resource
-import threading
 import time
 
 import torch
+from _memory import peak_extra_mib
 
 from dragsaw.config import apply_overrides, load_preset
 from dragsaw.demo import variant_overrides
@@ -63,32 +62,14 @@ def step(task, optimizer, batch) -> None:
     optimizer.step()
 
 
-def _resident_mib() -> float:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
-
-
 def _memory(args, variant, queue) -> None:
-    """Peak resident memory above the idle level during two steps, sampled every millisecond (Linux)."""
+    """Peak resident memory above the idle level during two steps (after a first step built the optimizer state)."""
     torch.set_num_threads(args.threads)
     task, optimizer = make_task(args, variant)
     batch = make_batch(args)
-    step(task, optimizer, batch)  # optimizer state and gradients exist from here on, as in training
+    step(task, optimizer, batch)
     optimizer.zero_grad(set_to_none=True)
-    before, peak, done = _resident_mib(), [0.0], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], _resident_mib())
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    for _ in range(2):
-        step(task, optimizer, batch)
-    done.set()
-    sampler.join()
-    queue.put(peak[0] - before)
+    queue.put(peak_extra_mib(lambda: [step(task, optimizer, batch) for _ in range(2)]))
 
 
 def main() -> None:

@@ -95,7 +95,7 @@ def _rel(root: Path, value: Any, what: str) -> Path:
 
 
 def _channel_files(image: Path, n_modalities: int, case_id: str, listing: dict[str, Path]) -> tuple[Path, ...]:
-    """nnU-Net raw channel files of ``image`` (``<case>_XXXX<suffix>``); () when there are none."""
+    """nnU-Net raw channel files of ``image`` (``<case>_0000<suffix>``, ``_0001`` ...); () when there are none."""
     suffix = image.name[len(nifti_stem(image) or "") :]
     found = {}
     for name, path in listing.items():
