@@ -8,20 +8,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pytest
-import torch
 
 SHAPE = (24, 20, 16)
 SPACING = (1.5, 1.0, 2.5)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Run each test with one torch thread (the machine's cores are shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_affine(spacing=SPACING, rot_deg: float = 7.0, origin=(10.0, -20.0, 5.0), lps: bool = True) -> np.ndarray:

@@ -5,7 +5,6 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from _volumes3d import one_thread  # noqa: F401
 
 from dragsaw.data.decathlon import dataset_properties, decathlon
 from dragsaw.data.synthetic3d import generate3d, write_decathlon

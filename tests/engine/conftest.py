@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from dragsaw.data import write_folder
 
@@ -16,14 +15,6 @@ FAST = [
     "pdcr.decoder_samples=[8, 4]",
     "pdcr.cross_samples=8",
 ]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -5,22 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
-import torch
 from PIL import Image
 
 from dragsaw.cli import main
 
 FAST = ["model.options.channels=[4, 8, 16]", "data.input_size=[64, 64]", "train.epochs=1", "train.batch_size=2",
         "pdcr.encoder_samples=[16, 8]", "pdcr.decoder_samples=[8, 4]", "pdcr.cross_samples=8"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def sets(items):

@@ -11,7 +11,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from dragsaw import cli
@@ -28,11 +27,8 @@ DIMS = pytest.mark.parametrize("dims", [2, 3], ids=["2d", "3d"])
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread_and_table():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _write_table():
     yield
-    torch.set_num_threads(threads)
     if os.environ.get("DRAGSAW_CLI_TABLE"):
         write_table(os.environ["DRAGSAW_CLI_TABLE"])
 

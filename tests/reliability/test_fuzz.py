@@ -23,7 +23,6 @@ from PIL import Image
 from dragsaw.data.io2d import read_image, read_mask
 from dragsaw.pdcr import label_composition
 
-torch.set_num_threads(1)
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
