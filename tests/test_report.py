@@ -291,3 +291,30 @@ def test_failed_render_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="renderer crashed"):
         plot_learning_curves(log, tmp_path / "curves.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]
+
+
+def test_sweep_temporaries_removes_only_leftovers_of_atomic_writes(tmp_path):
+    from dragsaw._atomic import atomic_dir, atomic_file, sweep_temporaries
+
+    keep = [tmp_path / "last.ckpt", tmp_path / ".hidden.tmp", tmp_path / "notes.tmp", tmp_path / "sub" / "a.nii.gz"]
+    for path in keep:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("complete")
+    leftovers = [tmp_path / ".last.ckpt.ab12cd.tmp", tmp_path / "sub" / ".a.nii.gz.q9w8.tmp.nii.gz"]
+    for path in leftovers:
+        path.write_text("partial")
+    stale_dir = tmp_path / ".predictions.zz11.tmp"
+    (stale_dir / "inner").mkdir(parents=True)
+    (stale_dir / "inner" / "case.nii.gz").write_text("partial")
+    removed = sweep_temporaries(tmp_path)
+    assert sorted(removed) == sorted([*leftovers, stale_dir])
+    assert all(path.read_text() == "complete" for path in keep)
+    assert not stale_dir.exists() and not any(path.exists() for path in leftovers)
+    assert sweep_temporaries(tmp_path) == [] and sweep_temporaries(tmp_path / "absent") == []
+    names = []  # the pattern really is what atomic writes leave behind when killed
+    with atomic_dir(tmp_path / "made") as tmp, atomic_file(tmp_path / "m.json") as tmp_file:
+        names += [tmp.name, tmp_file.name]
+        tmp_file.write_text("{}")
+    for name in names:
+        (tmp_path / name).write_text("partial")
+    assert sorted(p.name for p in sweep_temporaries(tmp_path)) == sorted(names)

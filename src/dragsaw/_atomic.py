@@ -17,7 +17,10 @@ from pathlib import Path
 
 from .errors import DataError
 
-__all__ = ["atomic_file", "atomic_dir", "write_bytes_atomic", "write_text_atomic", "write_json_atomic"]
+__all__ = [
+    "atomic_file", "atomic_dir", "write_bytes_atomic", "write_text_atomic", "write_json_atomic",
+    "sweep_temporaries",
+]
 
 
 @contextmanager
@@ -80,3 +83,26 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def sweep_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporaries a killed process left under ``folder`` (recursively); return what was removed.
+
+    A SIGKILL or power loss cannot run the clean-up of :func:`atomic_file` / :func:`atomic_dir`, so a
+    ``.<name>.<random>.tmp`` file or folder can stay behind. Only names of that exact pattern are touched; the
+    completed files they were meant to replace are never affected. Call it before resuming into ``folder``.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    removed = []
+    for path in sorted(root.rglob(".*.tmp*"), key=lambda p: len(p.parts), reverse=True):
+        name = path.name
+        if not (name.startswith(".") and ".tmp" in name and name.count(".") >= 3):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed

@@ -51,6 +51,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_folder, tmp_path):
     killed_at = torch.load(last, map_location="cpu", weights_only=False)["epoch"]
     assert killed_at < 3
 
+    # A kill can land half-way through a checkpoint write; plant such a partial file so the resume must sweep it.
+    (run / "checkpoints" / ".last.ckpt.x1y2z3.tmp").write_bytes(b"PK\x03\x04 half a checkpoint")
     assert main(["train", "--resume", str(run), "--quiet"]) == 0  # the saved config keeps deterministic: true
     got = json.loads((run / "metrics.json").read_text())
     print(f"killed after the checkpoint of epoch {killed_at}; test Dice uninterrupted "

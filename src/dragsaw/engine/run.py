@@ -19,7 +19,7 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from .._atomic import atomic_file, write_json_atomic, write_text_atomic
+from .._atomic import atomic_file, sweep_temporaries, write_json_atomic, write_text_atomic
 from ..config import RunConfig, apply_overrides, config_from_dict, config_to_dict
 from ..errors import ConfigError
 from ..inference import InferenceSettings, evaluate_loader
@@ -156,6 +156,9 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, progr
             created = folder
     created = None if resume else created
     _prepare_dir(run_dir, resume)
+    if resume:
+        for path in sweep_temporaries(run_dir):  # a killed run may have died half-way through a checkpoint write
+            warnings.warn(f"removed {path}, a partial file left by the interrupted run")
     try:
         trainer, task, data, checkpoint, stats, old_log = _setup(config, run_dir, resume, progress)
     except BaseException:
