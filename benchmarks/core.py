@@ -91,10 +91,10 @@ def _regulariser_case():
     return loss, feats, labels
 
 
-def _step(loss, feats, labels):
-    for f in feats.values():
+def _step(loss, feats, labels, strides=None):
+    for f in feats.values():  # fresh gradients each time, as a training step has (no accumulation)
         f.grad = None
-    loss(feats, labels).total.backward()
+    loss(feats, labels, strides).total.backward()
 
 
 def _memory_worker(queue):
@@ -114,7 +114,7 @@ def bench_regulariser(repeat):
     # costs, without filling dense gradient maps (which a network's own backward allocates anyway)
     small = {n: torch.randn(8, 256, 20, 20, requires_grad=True) for n in feats}
     strides = {n: 512 // 20 + 1 for n in feats}
-    own = timeit(lambda: loss(small, labels, strides).total.backward(), repeat)
+    own = timeit(lambda: _step(loss, small, labels, strides), repeat)
     print(
         "PatchDragsawLoss, 2D batch 8x512x512 labels, 4 layers N=64 D=256, patches 5/7/9, +1 cross term (N=32):\n"
         f"  forward+backward into dense maps at strides 2/4/4/4 {total * 1e3:7.1f} ms "

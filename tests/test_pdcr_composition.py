@@ -68,6 +68,45 @@ def test_matches_naive_loop_3d_anisotropic(size, stride, patch, k):
     torch.testing.assert_close(got.double(), want, atol=1e-6, rtol=0)
 
 
+def _clipped_lengths(size, stride, patch):
+    start = torch.arange(-(-size // stride)) * stride - (patch - stride) // 2
+    return (start + patch).clamp(max=size) - start.clamp(min=0)
+
+
+@pytest.mark.parametrize(
+    "size,stride,patch",
+    [
+        ((1023, 1), (16, 1), (1100, 1)),  # cumulative sum, counts of exactly 1023 stay packed to the end
+        ((1023, 1), (256, 1), (2047, 1)),  # strided sums, the same
+        ((1023, 2), (64, 1), (1023, 2)),  # 2046 per patch outgrows a field: unpacked after the first axis
+    ],
+)
+@pytest.mark.parametrize("cls", [1, 2])
+def test_full_count_fields_do_not_carry(size, stride, patch, cls):
+    # three classes share one int32 word in 10-bit fields; a uniform map of the middle class or of the last class
+    # (the highest field) fills its field to the limit and must not spill into a neighbouring one
+    labels = torch.full((1, *size), cls)
+    counts = LabelIntegral(labels, 3).grid(stride, patch)  # [1, 3, *grid]
+    rows, cols = (_clipped_lengths(n, s, k) for n, s, k in zip(size, stride, patch))
+    want = torch.zeros_like(counts)
+    want[0, cls] = rows[:, None] * cols[None, :]
+    assert torch.equal(counts, want)
+    assert counts.max() >= 1023
+
+
+@pytest.mark.parametrize("ignore", [None, 2, 7, -1])
+def test_several_packed_words(ignore):
+    # 300 rows: 9-bit fields, three classes per int32 word; seven classes span three words
+    gen = torch.Generator().manual_seed(11)
+    labels = torch.randint(0, 7, (2, 300, 6), generator=gen)
+    if ignore is not None:
+        labels[:, ::7] = ignore
+    for stride, patch in [((8, 2), (9, 3)), ((4, 3), (40, 5)), ((2, 1), (1, 1))]:
+        got = label_composition(labels, 7, stride, patch, ignore_index=ignore)
+        want = naive_composition(labels, 7, stride, patch, ignore_index=ignore)
+        torch.testing.assert_close(got.double(), want, atol=1e-6, rtol=0)
+
+
 def test_1d_hand_computed():
     # labels 0 0 1 1 1 0, stride 2, patch 3: locations 0,1,2 -> patch starts 0-0=0? floor((3-2)/2)=0
     labels = torch.tensor([[0, 0, 1, 1, 1, 0]])
@@ -148,3 +187,25 @@ def test_patch_gather_path_equals_box_sums(dims, data):
     positions = torch.stack([torch.randint(0, g, (2, 5), generator=gen) for g in grid], dim=-1)
     want = LabelIntegral(labels, k, ignore).points(positions, stride, patch)
     torch.testing.assert_close(patch_counts(labels, positions, stride, patch, k, ignore), want)
+
+
+@settings(max_examples=40, deadline=None)
+@given(dims=st.integers(1, 3), data=st.data())
+def test_patch_series_gather_equals_box_sums_per_length(dims, data):
+    from dragsaw.pdcr.composition import patch_series_counts
+
+    size = tuple(data.draw(st.integers(2, 9)) for _ in range(dims))
+    stride = tuple(data.draw(st.integers(1, 4)) for _ in range(dims))
+    series = [tuple(data.draw(st.integers(1, 7)) for _ in range(dims)) for _ in range(data.draw(st.integers(1, 3)))]
+    k = data.draw(st.integers(2, 4))
+    ignore = data.draw(st.sampled_from([None, 1, -1]))
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 999)))
+    labels = torch.randint(0, k, (2, *size), generator=gen)
+    if ignore == -1:
+        labels[labels == 0] = -1
+    grid = [-(-n // s) for n, s in zip(size, stride)]
+    positions = torch.stack([torch.randint(0, g, (2, 5), generator=gen) for g in grid], dim=-1)
+    got = patch_series_counts(labels, positions, stride, series, k, ignore)
+    assert len(got) == len(series)
+    for patch, counts in zip(series, got):
+        torch.testing.assert_close(counts, LabelIntegral(labels, k, ignore).points(positions, stride, patch))

@@ -40,6 +40,49 @@ def test_single_layer_equals_manual_computation():
     torch.testing.assert_close(out.terms["layer/x"], want)
 
 
+def test_several_layers_and_a_cross_term_equal_their_manual_sum():
+    # layers a and b share a lattice (batched together, compositions computed once), c has its own; a and c also
+    # meet in a cross-layer term (each gathered once for both uses): every term must match dragsaw_loss alone
+    torch.manual_seed(1)
+    feats = {"a": torch.randn(2, 6, 8, 10, dtype=torch.float64, requires_grad=True),
+             "b": torch.randn(2, 5, 8, 10, dtype=torch.float64, requires_grad=True),
+             "c": torch.randn(2, 4, 4, 5, dtype=torch.float64, requires_grad=True)}
+    labels = torch.randint(0, 3, (2, 32, 40))
+    weights = {"a": 0.5, "b": 2.0, "c": 1.5}
+    loss = PatchDragsawLoss(3, weights, samples={"a": 12, "b": 12, "c": 6}, patch_sizes=(3, 7), border=1,
+                            temperature=0.5, cross_layers=[("a", "c")], in_channels={"a": 6, "c": 4},
+                            cross_samples={"a": 8, "c": 4}, cross_weight=0.25, projection_dim=3).double()
+    out = loss(feats, labels)
+
+    def sampled(name, count):
+        grid = feats[name].shape[2:]
+        pos = grid_positions(grid, (1, 1), count)
+        stride = 32 // grid[0]
+        emb = feats[name][:, :, pos[:, 0], pos[:, 1]].transpose(1, 2)
+        comps = [label_composition(labels, 3, stride, k)[:, :, pos[:, 0], pos[:, 1]].transpose(1, 2) for k in (3, 7)]
+        return emb, comps
+
+    want = {}
+    for name, count in (("a", 12), ("b", 12), ("c", 6)):
+        emb, comps = sampled(name, count)
+        want[f"layer/{name}"] = torch.stack([dragsaw_loss(emb, c, temperature=0.5) for c in comps]).mean()
+    emb_a, comps_a = sampled("a", 8)
+    emb_c, comps_c = sampled("c", 4)
+    emb_a, emb_c = loss.projections["a"](emb_a), loss.projections["c"](emb_c)
+    want["cross/a~c"] = torch.stack(
+        [dragsaw_loss(emb_a, ca, emb_c, cc, temperature=0.5) for ca, cc in zip(comps_a, comps_c)]
+    ).mean()
+    assert list(out.terms) == list(want)
+    for key, value in want.items():
+        torch.testing.assert_close(out.terms[key], value.detach())
+    total = sum(weights[k[6:]] * v for k, v in want.items() if k.startswith("layer/")) + 0.25 * want["cross/a~c"]
+    torch.testing.assert_close(out.total, total)
+    grads = torch.autograd.grad(out.total, list(feats.values()))
+    want_grads = torch.autograd.grad(total, list(feats.values()))
+    for got, ref in zip(grads, want_grads):
+        torch.testing.assert_close(got, ref)
+
+
 def test_grid_sampler_is_even_and_inside_the_crop():
     pos = grid_positions((20, 20), (3, 3), 16)
     assert pos.shape == (16, 2)

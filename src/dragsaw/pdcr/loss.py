@@ -100,14 +100,60 @@ def dragsaw_loss(
     if orientation not in ORIENTATIONS:
         raise ValueError(f"orientation must be one of {ORIENTATIONS}, got {orientation!r}.")
 
-    return series_loss(emb_a, [comp_a], emb_b, [comp_b], temperature, orientation)
+    return series_loss(emb_a, comp_a.unsqueeze(0), emb_b, comp_b.unsqueeze(0), temperature, orientation)
+
+
+def similarity(emb_a: torch.Tensor, emb_b: torch.Tensor | None, temperature: float, dtype: torch.dtype) -> torch.Tensor:
+    """Shifted cosine similarity ``(cos - 1) / T`` of every anchor with every candidate, in ``dtype``.
+
+    Shape:
+        ``emb_a`` ``[B, N, D]``, ``emb_b`` ``[B, M, D]`` (``None``: the anchors themselves); returns ``[B, N, M]``.
+    """
+    u = F.normalize(emb_a.to(dtype), dim=-1, eps=1e-12)
+    v = u if emb_b is None or emb_b is emb_a else F.normalize(emb_b.to(dtype), dim=-1, eps=1e-12)
+    return (torch.bmm(u, v.transpose(1, 2)).clamp(-1.0, 1.0) - 1.0) / temperature
+
+
+def grouped_loss(
+    sim: torch.Tensor, comps_a: torch.Tensor, comps_b: torch.Tensor, orientation: str = "intended"
+) -> torch.Tensor:
+    """The loss of several similarity matrices at once, each with a series of patch compositions.
+
+    Args:
+        sim: ``[G, B, N, M]`` shifted cosine similarities (G groups, e.g. layers, of the same ``N`` and ``M``).
+        comps_a: ``[P, G, B, N, K]`` anchor compositions for ``P`` patch sizes.
+        comps_b: ``[P or 1, G, B, M, K]`` candidate compositions.
+
+    Returns:
+        ``[G]``: per group, the mean over patch sizes of the mean over its valid pairs (self-pairs included).
+    """
+    dtype = sim.dtype
+    pa, pb = comps_a.to(dtype), comps_b.to(dtype)
+    groups = pa.shape[:-2]
+    # total variation 1/2 |phi - psi|_1 between every anchor and candidate composition: [P, G, B, N, M]
+    div = torch.cdist(0.5 * pa.flatten(0, -3), 0.5 * pb.expand(*groups, -1, -1).flatten(0, -3), p=1)
+    div = div.view(*pa.shape[:-1], pb.shape[-2]).clamp(0.0, 1.0)
+    weighted = div * sim  # d * s
+    # intended: pull with the affinity 1 - d, push with d; reference-2d: the two swapped
+    pull, push = (sim - weighted, weighted) if orientation == "intended" else (weighted, sim - weighted)
+    valid_a = pa.sum(-1) > 0  # [P, G, B, N]
+    valid_b = (pb.sum(-1) > 0).to(dtype).unsqueeze(-1)  # [P or 1, G, B, M, 1]
+    # invalid candidates get the most negative finite logit: exp() -> 0 and no NaN in any gradient
+    lse = torch.logsumexp(push.masked_fill(valid_b.transpose(-1, -2) == 0, torch.finfo(dtype).min), dim=-1)
+    # sum over the valid pairs of row n: (valid candidates) * lse_n - sum_m valid_m * pull_nm
+    candidates = valid_b.sum(-2)  # [P or 1, G, B, 1]
+    rows = candidates * lse - (pull @ valid_b).squeeze(-1)  # [P, G, B, N]
+    rows = rows.masked_fill(~valid_a, 0.0)
+    pairs = (valid_a.sum(-1, keepdim=True) * candidates).sum((-2, -1))  # [P, G]
+    per_size = rows.sum((-2, -1)) / pairs.clamp(min=1)
+    return per_size.mean(0)
 
 
 def series_loss(
     emb_a: torch.Tensor,
-    comps_a: list[torch.Tensor],
+    comps_a: torch.Tensor,
     emb_b: torch.Tensor,
-    comps_b: list[torch.Tensor],
+    comps_b: torch.Tensor,
     temperature: float,
     orientation: str = "intended",
 ) -> torch.Tensor:
@@ -117,29 +163,10 @@ def series_loss(
     entry used for every size). Inputs are assumed validated (the public entry points check them).
 
     Shape:
-        ``emb_a`` ``[B, N, D]``, ``emb_b`` ``[B, M, D]``, each composition ``[B, N|M, K]``; returns a scalar.
+        ``emb_a`` ``[B, N, D]``, ``emb_b`` ``[B, M, D]``, ``comps_a`` ``[P, B, N, K]``, ``comps_b``
+        ``[P or 1, B, M, K]``; returns a scalar.
     """
     dtype = torch.float64 if torch.float64 in (emb_a.dtype, emb_b.dtype) else torch.float32
     with torch.autocast(device_type=emb_a.device.type, enabled=False):
-        u = F.normalize(emb_a.to(dtype), dim=-1, eps=1e-12)
-        v = u if emb_b is emb_a else F.normalize(emb_b.to(dtype), dim=-1, eps=1e-12)
-        cos = torch.bmm(u, v.transpose(1, 2)).clamp(-1.0, 1.0)
-        sim = (cos - 1.0) / temperature  # [B, N, M], shared by every patch size
-
-        pa = torch.stack([c.to(dtype) for c in comps_a])  # [P, B, N, K]
-        pb = torch.stack([c.to(dtype) for c in comps_b])  # [P or 1, B, M, K]
-        div = 0.5 * (pa.unsqueeze(3) - pb.unsqueeze(2)).abs().sum(-1)  # [P, B, N, M]
-        div = div.clamp(0.0, 1.0)
-        aff = 1.0 - div
-        w_pos, w_neg = (aff, div) if orientation == "intended" else (div, aff)
-
-        valid_a = pa.sum(-1) > 0  # [P, B, N]
-        valid_b = pb.sum(-1) > 0  # [P or 1, B, M]
-        pair = valid_a.unsqueeze(3) & valid_b.unsqueeze(2)  # [P, B, N, M]
-        # invalid candidates get the most negative finite logit: exp() -> 0 and no NaN in any gradient
-        logits = (w_neg * sim).masked_fill(~valid_b.unsqueeze(2), torch.finfo(dtype).min)
-        lse = torch.logsumexp(logits, dim=3, keepdim=True)  # [P, B, N, 1]
-        lse = torch.where(valid_b.any(2)[..., None, None], lse, torch.zeros_like(lse))
-        terms = torch.where(pair, -w_pos * sim + lse, torch.zeros_like(div))
-        per_size = terms.flatten(1).sum(1) / pair.flatten(1).sum(1).clamp(min=1).to(dtype)
-        return per_size.mean()
+        sim = similarity(emb_a, emb_b, temperature, dtype)
+        return grouped_loss(sim.unsqueeze(0), comps_a.unsqueeze(1), comps_b.unsqueeze(1), orientation)[0]

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from .._checks import as_axis_tuple, check_int_labels, check_spatial_dims
-from .composition import LabelIntegral, counts_to_composition, patch_counts
-from .loss import ORIENTATIONS, series_loss
+from .composition import LabelIntegral, counts_to_composition, patch_series_counts
+from .loss import ORIENTATIONS, grouped_loss, series_loss, similarity
 from .sampling import SAMPLERS, auto_border, grid_positions, random_positions
 
 __all__ = ["PatchDragsawLoss", "PDCROutput"]
@@ -127,6 +127,7 @@ class PatchDragsawLoss(nn.Module):
         self.samples = self._per_layer(samples, "samples", self.layer_weights)
         self.cross_samples = self._per_layer(cross_samples, "cross_samples", [n for p in self.cross_layers for n in p])
         self.border = border
+        self._lattices: dict[tuple, torch.Tensor] = {}  # (grid, border, count, device) -> lattice positions
 
         if isinstance(patch_sizes, str):
             if patch_sizes != "rf":
@@ -194,31 +195,42 @@ class PatchDragsawLoss(nn.Module):
             return auto_border(grid)
         return as_axis_tuple(value, self.spatial_dims, f"border[{name!r}]", minimum=0)
 
-    def _sample(self, name: str, feat: torch.Tensor, count: int):
-        """Gather ``count`` locations of ``feat`` [B, C, *g] -> (vectors [B, N, C], positions [B, N, d])."""
+    def _positions(self, name: str, feat: torch.Tensor, count: int) -> torch.Tensor:
+        """``count`` sampled locations of ``feat`` [B, C, *g] -> long positions [B, N, d]."""
         batch, grid = feat.shape[0], tuple(feat.shape[2:])
         border = self._border(name, grid)
         if self.sampling == "grid":
-            pos = grid_positions(grid, border, count, name).to(feat.device).expand(batch, -1, -1)
-        else:
-            pos = random_positions(batch, grid, border, count, name, device=feat.device)
+            key = (grid, border, count, feat.device)
+            if key not in self._lattices:  # the same lattice on every call (and for every layer of this geometry)
+                self._lattices[key] = grid_positions(grid, border, count, name).to(feat.device)
+            return self._lattices[key].expand(batch, -1, -1)
+        return random_positions(batch, grid, border, count, name, device=feat.device)
+
+    @staticmethod
+    def _gather(feat: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """The feature vectors of ``feat`` [B, C, *g] at ``pos`` [B, N, d] -> [B, N, C]."""
         linear = torch.zeros_like(pos[..., 0])
-        for axis, g in enumerate(grid):
+        for axis, g in enumerate(feat.shape[2:]):
             linear = linear * g + pos[..., axis]
         vectors = feat.flatten(2).gather(2, linear.unsqueeze(1).expand(-1, feat.shape[1], -1))
-        return vectors.transpose(1, 2), pos
+        return vectors.transpose(1, 2)
 
-    def _compositions(self, labels: _Labels, name: str, pos: torch.Tensor, stride) -> list[torch.Tensor]:
-        """One ``[B, N, K]`` composition per patch length of ``name``: gathered patch labels for small patches,
-        box sums over a shared integral when the patches would read more than the label map itself."""
-        out = []
-        for k in self.patches[name]:
-            if pos.shape[0] * pos.shape[1] * math.prod(k) <= labels.tensor.numel():
-                counts = patch_counts(labels.tensor, pos, stride, k, self.num_classes, self.ignore_index)
+    def _compositions(self, labels: _Labels, name: str, pos: torch.Tensor, stride, cache: dict) -> torch.Tensor:
+        """The ``[P, B, N, K]`` compositions of the patch lengths of ``name`` at ``pos``: gathered patch labels for
+        small patches, box sums over a shared integral when the patches would read more than the label map.
+
+        ``cache`` holds the results of this call: layers with the same lattice (the same positions tensor, see
+        :meth:`_positions`), stride and patches share them."""
+        series = self.patches[name]
+        key = (pos.data_ptr(), tuple(pos.shape), tuple(stride), tuple(series))
+        if key not in cache:
+            longest = math.prod(max(k[axis] for k in series) for axis in range(self.spatial_dims))
+            if pos.shape[0] * pos.shape[1] * longest <= labels.tensor.numel():
+                counts = patch_series_counts(labels.tensor, pos, stride, series, self.num_classes, self.ignore_index)
             else:
-                counts = labels.integral().points(pos, stride, k)
-            out.append(counts_to_composition(counts).transpose(1, 2))
-        return out
+                counts = [labels.integral().points(pos, stride, k) for k in series]
+            cache[key] = counts_to_composition(torch.stack(counts), dim=2).transpose(2, 3)
+        return cache[key]
 
     def _series_loss(self, emb_a, comps_a, emb_b=None, comps_b=None) -> torch.Tensor:
         """H-PDCR: the loss per patch length, averaged (one shared similarity matrix)."""
@@ -265,18 +277,45 @@ class PatchDragsawLoss(nn.Module):
 
         terms: dict[str, torch.Tensor] = {}
         total = features[self.tapped[0]].new_zeros((), dtype=torch.float32)
-        for name, weight in self.layer_weights.items():
-            emb, pos = self._sample(name, features[name], self.samples[name])
-            loss = self._series_loss(emb, self._compositions(integral, name, pos, stride[name]))
-            terms[f"layer/{name}"] = loss.detach()
-            total = total + weight * loss
-        for p, q in self.cross_layers:
-            emb_p, pos_p = self._sample(p, features[p], self.cross_samples[p])
-            emb_q, pos_q = self._sample(q, features[q], self.cross_samples[q])
+        # Locations of every term first, then one gather per layer: a layer in an in-layer and a cross-layer term
+        # (or in several pairs) fills its dense gradient map once instead of once per term.
+        wanted: dict[str, list[torch.Tensor]] = {name: [] for name in self.tapped}
+        in_pos = {n: self._positions(n, features[n], self.samples[n]) for n in self.layer_weights}
+        for name, pos in in_pos.items():
+            wanted[name].append(pos)
+        cross_pos = []
+        for pair in self.cross_layers:
+            cross_pos.append([self._positions(n, features[n], self.cross_samples[n]) for n in pair])
+            for n, pos in zip(pair, cross_pos[-1]):
+                wanted[n].append(pos)
+        vectors = {}
+        for name, chunks in wanted.items():
+            emb = self._gather(features[name], torch.cat(chunks, 1) if len(chunks) > 1 else chunks[0])
+            vectors[name] = list(emb.split([c.shape[1] for c in chunks], 1))
+
+        # in-layer terms: layers with the same number of samples and patch sizes share one batched loss
+        groups: dict[tuple[int, int], list] = {}
+        cache: dict = {}
+        for name, pos in in_pos.items():
+            emb = vectors[name].pop(0)
+            comps = self._compositions(integral, name, pos, stride[name], cache)
+            groups.setdefault((emb.shape[1], comps.shape[0]), []).append((name, emb, comps))
+        for members in groups.values():
+            dtype = torch.float64 if any(emb.dtype == torch.float64 for _, emb, _ in members) else torch.float32
+            with torch.autocast(device_type=device.type, enabled=False):
+                sims = torch.stack([similarity(emb, None, self.temperature, dtype) for _, emb, _ in members])
+                comps = torch.stack([c for _, _, c in members], 1)  # [P, G, B, N, K]
+                losses = grouped_loss(sims, comps, comps, self.orientation)
+            for (name, _, _), loss in zip(members, losses):
+                terms[f"layer/{name}"] = loss.detach()
+                total = total + self.layer_weights[name] * loss
+        terms = {f"layer/{name}": terms[f"layer/{name}"] for name in self.layer_weights}  # the layers' order
+        for (p, q), (pos_p, pos_q) in zip(self.cross_layers, cross_pos):
+            emb_p, emb_q = vectors[p].pop(0), vectors[q].pop(0)
             emb_p = self.projections[_key(p)](emb_p.to(self.projections[_key(p)].weight.dtype))
             emb_q = self.projections[_key(q)](emb_q.to(self.projections[_key(q)].weight.dtype))
-            comps_p = self._compositions(integral, p, pos_p, stride[p])
-            comps_q = self._compositions(integral, q, pos_q, stride[q])
+            comps_p = self._compositions(integral, p, pos_p, stride[p], cache)
+            comps_q = self._compositions(integral, q, pos_q, stride[q], cache)
             loss = self._series_loss(emb_p, comps_p, emb_q, comps_q)
             terms[f"cross/{p}~{q}"] = loss.detach()
             total = total + self.cross_weight * loss
