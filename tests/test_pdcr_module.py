@@ -172,3 +172,23 @@ def test_errors(ctor, call, match):
         loss_fn = PatchDragsawLoss(2, **ctor)
         if call is not None:
             loss_fn(**(base_call | call))
+
+
+@pytest.mark.parametrize("dims,fmt", [(2, torch.channels_last), (3, torch.channels_last_3d)])
+def test_channels_last_features_give_the_same_loss_and_gradients(dims, fmt):
+    torch.manual_seed(2)
+    size = (16,) * dims
+    feats = {"a": torch.randn(2, 6, *[s // 2 for s in size], dtype=torch.float64),
+             "b": torch.randn(2, 4, *[s // 4 for s in size], dtype=torch.float64)}
+    labels = torch.randint(0, 3, (2, *size))
+    loss = PatchDragsawLoss(3, ["a", "b"], spatial_dims=dims, samples=8, patch_sizes=(3, 5), border=0,
+                            cross_layers=[("a", "b")], in_channels={"a": 6, "b": 4}, cross_samples=4).double()
+    results = []
+    for layout in (torch.contiguous_format, fmt):
+        inputs = {n: f.contiguous(memory_format=layout).requires_grad_() for n, f in feats.items()}
+        assert inputs["a"].is_contiguous(memory_format=layout)
+        out = loss(inputs, labels)
+        results.append((out.total, torch.autograd.grad(out.total, list(inputs.values()))))
+    torch.testing.assert_close(results[1][0], results[0][0])
+    for got, want in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(got, want)

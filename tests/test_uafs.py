@@ -91,3 +91,21 @@ def test_constructor_errors(kwargs, match):
 def test_forward_shape_error():
     with pytest.raises(ValueError, match=r"expects \[B, 4, \*S\] with 2 spatial axes, got \(2, 3, 8, 8\)"):
         UncertaintySelect(4)(torch.randn(2, 3, 8, 8))
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_pointwise_conv_equals_a_1x1_convolution_and_loads_its_checkpoint(dims):
+    from dragsaw.uafs import PointwiseConv
+
+    torch.manual_seed(dims)
+    conv = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}[dims](5, 3, 1)
+    point = PointwiseConv(5, 3, dims)
+    point.load_state_dict(conv.state_dict())  # same names and shapes: old checkpoints load unchanged
+    x = torch.randn(2, 5, *[4 + d for d in range(dims)], dtype=torch.float64, requires_grad=True)
+    conv, point = conv.double(), point.double()
+    torch.testing.assert_close(point(x), conv(x))
+    gx_point, gw_point = torch.autograd.grad(point(x).square().sum(), [x, point.weight])
+    gx_conv, gw_conv = torch.autograd.grad(conv(x).square().sum(), [x, conv.weight])
+    torch.testing.assert_close(gx_point, gx_conv)
+    torch.testing.assert_close(gw_point, gw_conv)
+    assert (point.in_channels, point.out_channels) == (5, 3)

