@@ -209,3 +209,15 @@ def test_patch_series_gather_equals_box_sums_per_length(dims, data):
     assert len(got) == len(series)
     for patch, counts in zip(series, got):
         torch.testing.assert_close(counts, LabelIntegral(labels, k, ignore).points(positions, stride, patch))
+
+
+@pytest.mark.parametrize("k,size,stride,patch,ignore", [
+    (40, (9, 11), (2, 3), (5, 4), None),  # 4-bit fields, seven classes per word: six words
+    (33, (5, 6, 7), (2, 2, 3), (3, 5, 2), -1),
+])
+def test_many_classes(k, size, stride, patch, ignore):
+    labels = torch.randint(0, k, (2, *size), generator=torch.Generator().manual_seed(k))
+    if ignore is not None:
+        labels[:, ::2] = ignore
+    got = label_composition(labels, k, stride, patch, ignore_index=ignore)
+    torch.testing.assert_close(got.double(), naive_composition(labels, k, stride, patch, ignore), atol=1e-6, rtol=0)
