@@ -46,7 +46,7 @@ def random_case(b=2, n=5, m=4, d=3, k=3, seed=0):
     return u, pu, v, pv
 
 
-@pytest.mark.parametrize("temperature", [1.0, 0.5, 0.07])
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 0.07, 0.01])  # 0.01: logits down to -200, shifted path
 @pytest.mark.parametrize("orientation", ["intended", "reference-2d"])
 def test_in_layer_matches_double_loop(temperature, orientation):
     u, pu, _, _ = random_case(seed=1)
@@ -59,6 +59,27 @@ def test_cross_layer_matches_double_loop():
     u, pu, v, pv = random_case(n=6, m=3, seed=2)
     got = dragsaw_loss(u, pu, v, pv, temperature=0.5)
     assert got.item() == pytest.approx(loop_loss(u, pu, v, pv, 0.5), rel=1e-10)
+
+
+@pytest.mark.parametrize("orientation", ["intended", "reference-2d"])
+def test_unshifted_log_sum_exp_equals_the_shifted_one(orientation):
+    # grouped_loss skips the max shift when T bounds the logits; value and gradients must not change, also with
+    # invalid anchors, invalid candidates and an image without any valid candidate
+    from dragsaw.pdcr.loss import grouped_loss, similarity
+
+    u, pu, v, pv = random_case(b=3, n=6, m=5, seed=4)
+    pu[0, 2] = 0.0
+    pv[1, 1] = 0.0
+    pv[2] = 0.0
+    u.requires_grad_()
+    results = []
+    for temperature in (0.25, None):
+        sim = similarity(u, v, 0.25, torch.float64)
+        value = grouped_loss(sim[None], pu[None, None], pv[None, None], orientation, temperature)[0]
+        results.append((value, torch.autograd.grad(value, u)[0]))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-12, atol=0)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-10, atol=1e-14)
+    assert torch.isfinite(results[0][1]).all()
 
 
 def test_invalid_locations_are_left_out():

@@ -109,13 +109,25 @@ def similarity(emb_a: torch.Tensor, emb_b: torch.Tensor | None, temperature: flo
     Shape:
         ``emb_a`` ``[B, N, D]``, ``emb_b`` ``[B, M, D]`` (``None``: the anchors themselves); returns ``[B, N, M]``.
     """
-    u = F.normalize(emb_a.to(dtype), dim=-1, eps=1e-12)
-    v = u if emb_b is None or emb_b is emb_a else F.normalize(emb_b.to(dtype), dim=-1, eps=1e-12)
-    return (torch.bmm(u, v.transpose(1, 2)).clamp(-1.0, 1.0) - 1.0) / temperature
+    eps = 1e-12  # as F.normalize: a vector shorter than eps is divided by eps (a zero vector stays zero)
+    a = emb_a.to(dtype)
+    if emb_b is None or emb_b is emb_a:  # one Gram matrix; the norms are its diagonal
+        dots = torch.bmm(a, a.transpose(1, 2))
+        norm_a = norm_b = dots.diagonal(dim1=1, dim2=2).clamp(min=eps * eps).sqrt()  # no sqrt'(0) = inf
+    else:
+        b = emb_b.to(dtype)
+        dots = torch.bmm(a, b.transpose(1, 2))
+        norm_a, norm_b = a.norm(dim=-1).clamp(min=eps), b.norm(dim=-1).clamp(min=eps)
+    cos = dots / (norm_a.unsqueeze(-1) * norm_b.unsqueeze(-2))
+    return (cos.clamp(-1.0, 1.0) - 1.0) / temperature
 
 
 def grouped_loss(
-    sim: torch.Tensor, comps_a: torch.Tensor, comps_b: torch.Tensor, orientation: str = "intended"
+    sim: torch.Tensor,
+    comps_a: torch.Tensor,
+    comps_b: torch.Tensor,
+    orientation: str = "intended",
+    temperature: float | None = None,
 ) -> torch.Tensor:
     """The loss of several similarity matrices at once, each with a series of patch compositions.
 
@@ -123,6 +135,9 @@ def grouped_loss(
         sim: ``[G, B, N, M]`` shifted cosine similarities (G groups, e.g. layers, of the same ``N`` and ``M``).
         comps_a: ``[P, G, B, N, K]`` anchor compositions for ``P`` patch sizes.
         comps_b: ``[P or 1, G, B, M, K]`` candidate compositions.
+        temperature: the ``T`` of ``sim``, if known. Every logit then lies in ``[-2/T, 0]``, and for
+            ``T >= 1/30`` the log-sum-exp needs no max shift (``exp(-60)`` is far from underflow in float32);
+            ``None`` always takes the shifted form.
 
     Returns:
         ``[G]``: per group, the mean over patch sizes of the mean over its valid pairs (self-pairs included).
@@ -138,8 +153,13 @@ def grouped_loss(
     pull, push = (sim - weighted, weighted) if orientation == "intended" else (weighted, sim - weighted)
     valid_a = pa.sum(-1) > 0  # [P, G, B, N]
     valid_b = (pb.sum(-1) > 0).to(dtype).unsqueeze(-1)  # [P or 1, G, B, M, 1]
-    # invalid candidates get the most negative finite logit: exp() -> 0 and no NaN in any gradient
-    lse = torch.logsumexp(push.masked_fill(valid_b.transpose(-1, -2) == 0, torch.finfo(dtype).min), dim=-1)
+    if temperature is not None and 2.0 / temperature <= 60.0:
+        # sum_m valid_m exp(push_nm) as one matrix product; a row without valid candidates sums to 0 (and holds
+        # no pair), clamped so that its log stays finite
+        lse = torch.log((push.exp() @ valid_b).squeeze(-1).clamp(min=torch.finfo(dtype).tiny))
+    else:
+        # invalid candidates get the most negative finite logit: exp() -> 0 and no NaN in any gradient
+        lse = torch.logsumexp(push.masked_fill(valid_b.transpose(-1, -2) == 0, torch.finfo(dtype).min), dim=-1)
     # sum over the valid pairs of row n: (valid candidates) * lse_n - sum_m valid_m * pull_nm
     candidates = valid_b.sum(-2)  # [P or 1, G, B, 1]
     rows = candidates * lse - (pull @ valid_b).squeeze(-1)  # [P, G, B, N]
@@ -169,4 +189,5 @@ def series_loss(
     dtype = torch.float64 if torch.float64 in (emb_a.dtype, emb_b.dtype) else torch.float32
     with torch.autocast(device_type=emb_a.device.type, enabled=False):
         sim = similarity(emb_a, emb_b, temperature, dtype)
-        return grouped_loss(sim.unsqueeze(0), comps_a.unsqueeze(1), comps_b.unsqueeze(1), orientation)[0]
+        return grouped_loss(sim.unsqueeze(0), comps_a.unsqueeze(1), comps_b.unsqueeze(1), orientation,
+                            temperature)[0]

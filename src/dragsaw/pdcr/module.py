@@ -309,7 +309,7 @@ class PatchDragsawLoss(nn.Module):
             with torch.autocast(device_type=device.type, enabled=False):
                 sims = torch.stack([similarity(emb, None, self.temperature, dtype) for _, emb, _ in members])
                 comps = torch.stack([c for _, _, c in members], 1)  # [P, G, B, N, K]
-                losses = grouped_loss(sims, comps, comps, self.orientation)
+                losses = grouped_loss(sims, comps, comps, self.orientation, self.temperature)
             for (name, _, _), loss in zip(members, losses):
                 terms[f"layer/{name}"] = loss.detach()
                 total = total + self.layer_weights[name] * loss
