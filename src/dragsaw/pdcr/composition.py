@@ -116,8 +116,8 @@ class LabelIntegral:
     The labels are packed once into int32 words holding several classes' one-hot codes side by side (one word
     for up to three classes), so every axis sums all classes at once; the first axis is the only pass over the
     full-size map. A query reduces one axis after the other to its grid and unpacks the counts at the end (or
-    after the first axis, for patches so large that a count would outgrow its bit field). Short patches are summed by strided additions (a fraction of a pass per patch length),
-    long ones by cumulative sums.
+    after the first axis, for patches so large that a count would outgrow its bit field). Short patches are
+    summed by strided additions (a fraction of a pass per patch length), long ones by cumulative sums.
 
     Args:
         labels: int tensor ``[B, *S]`` (``S`` one to three spatial axes) of class indices.

@@ -202,6 +202,8 @@ class PatchDragsawLoss(nn.Module):
         if self.sampling == "grid":
             key = (grid, border, count, feat.device)
             if key not in self._lattices:  # the same lattice on every call (and for every layer of this geometry)
+                if len(self._lattices) >= 64:  # inputs of ever-changing size: keep the cache bounded
+                    self._lattices.clear()
                 self._lattices[key] = grid_positions(grid, border, count, name).to(feat.device)
             return self._lattices[key].expand(batch, -1, -1)
         return random_positions(batch, grid, border, count, name, device=feat.device)
