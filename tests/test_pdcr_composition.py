@@ -172,7 +172,7 @@ def test_errors_name_argument_and_fix(labels, kwargs, match):
 @settings(max_examples=40, deadline=None)
 @given(dims=st.integers(1, 3), data=st.data())
 def test_patch_gather_path_equals_box_sums(dims, data):
-    from dragsaw.pdcr.composition import patch_counts
+    from dragsaw.pdcr.composition import patch_series_counts
 
     size = tuple(data.draw(st.integers(2, 9)) for _ in range(dims))
     stride = tuple(data.draw(st.integers(1, 4)) for _ in range(dims))
@@ -186,7 +186,7 @@ def test_patch_gather_path_equals_box_sums(dims, data):
     grid = [-(-n // s) for n, s in zip(size, stride)]
     positions = torch.stack([torch.randint(0, g, (2, 5), generator=gen) for g in grid], dim=-1)
     want = LabelIntegral(labels, k, ignore).points(positions, stride, patch)
-    torch.testing.assert_close(patch_counts(labels, positions, stride, patch, k, ignore), want)
+    torch.testing.assert_close(patch_series_counts(labels, positions, stride, [patch], k, ignore)[0], want)
 
 
 @settings(max_examples=40, deadline=None)

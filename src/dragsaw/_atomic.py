@@ -97,8 +97,7 @@ def sweep_temporaries(folder: str | Path) -> list[Path]:
         return []
     removed = []
     for path in sorted(root.rglob(".*.tmp*"), key=lambda p: len(p.parts), reverse=True):
-        name = path.name
-        if not (name.startswith(".") and ".tmp" in name and name.count(".") >= 3):
+        if path.name.count(".") < 3:  # ".<name>.<random>.tmp" has at least three dots; ".hidden.tmp" is not ours
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)

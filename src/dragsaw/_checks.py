@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
 
-__all__ = ["as_axis_tuple", "check_spatial_dims", "check_int_labels"]
+__all__ = ["as_axis_tuple", "check_spatial_dims", "check_int_labels", "int_sequence", "is_int"]
+
+
+def is_int(value: object, *, numpy: bool = False) -> bool:
+    """True for a Python int (with ``numpy=True`` also a NumPy integer), never for a bool."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, numbers.Integral) if numpy else isinstance(value, int)
+
+
+def int_sequence(value: object, length: int, *, minimum: int = 1) -> tuple[int, ...] | None:
+    """``value`` as a tuple of ``length`` ints (Python or NumPy), each >= ``minimum``; ``None`` if it is not one."""
+    if not isinstance(value, Sequence) or len(value) != length:
+        return None
+    if not all(is_int(v, numpy=True) and v >= minimum for v in value):
+        return None
+    return tuple(int(v) for v in value)
 
 
 def as_axis_tuple(value: int | Sequence[int], ndim: int, name: str, *, minimum: int = 1) -> tuple[int, ...]:
@@ -19,7 +36,7 @@ def as_axis_tuple(value: int | Sequence[int], ndim: int, name: str, *, minimum: 
         raise ValueError(f"{name} must be an int or a tuple of {ndim} ints, got the bool {value!r}.")
     if isinstance(value, int):
         out = (value,) * ndim
-    elif isinstance(value, Sequence) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+    elif isinstance(value, Sequence) and all(is_int(v) for v in value):
         out = tuple(int(v) for v in value)
         if len(out) != ndim:
             raise ValueError(

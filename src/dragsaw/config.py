@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from ._checks import is_int
 from .errors import ConfigError
 
 __all__ = [
@@ -177,7 +178,7 @@ def _matches(value: Any, hint: Any) -> bool:
     if hint is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return is_int(value)
     if origin is list:
         return isinstance(value, list) and all(_matches(v, args[0]) for v in value) if args else isinstance(value, list)
     if origin is dict:

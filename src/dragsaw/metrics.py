@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou
 
+from dragsaw._checks import is_int
 from dragsaw.errors import ConfigError, DataError
 
 __all__ = [
@@ -288,7 +289,7 @@ def resize_logits_to(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         )
     spatial = logits.ndim - 2
     size_t = tuple(size) if isinstance(size, Sequence) else ()
-    if len(size_t) != spatial or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size_t):
+    if len(size_t) != spatial or not all(is_int(s) and s > 0 for s in size_t):
         raise ConfigError(
             f"size must give {spatial} positive integers (one per spatial axis of logits {tuple(logits.shape)}), "
             f"got {size!r}."

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from ._checks import check_spatial_dims
+from ._checks import check_spatial_dims, is_int
 
 __all__ = ["PointwiseConv", "UncertaintySelect", "entropy_map", "uncertainty_maps"]
 
@@ -122,7 +122,7 @@ class UncertaintySelect(nn.Module):
         super().__init__()
         check_spatial_dims(spatial_dims)
         for value, name in ((channels, "channels"), (kernel_size, "kernel_size")):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
         if not isinstance(branches, int) or branches < 2:
             raise ValueError(

@@ -154,12 +154,20 @@ def collate_eval(batch: Sequence[dict]) -> dict:
     """
     if not batch:
         raise ConfigError("collate_eval received an empty batch")
+    return stack_eval_items(batch, ("label_native", "image_native_size"))
+
+
+def stack_eval_items(batch: Sequence[dict], listed: Sequence[str]) -> dict:
+    """Stack ``image`` and ``label`` of evaluation items; ``case_id`` and the ``listed`` keys stay lists.
+
+    Shared by the 2D and 3D evaluation collates (a ``listed`` key absent from the items is left out).
+    """
     out = {
         "image": torch.stack([b["image"] for b in batch]),
         "label": torch.stack([b["label"] for b in batch]),
         "case_id": [b["case_id"] for b in batch],
     }
-    for key in ("label_native", "image_native_size"):
+    for key in listed:
         if key in batch[0]:
             out[key] = [b[key] for b in batch]
     return out

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from dragsaw.data.cases import Case
+from dragsaw.data.dataset2d import stack_eval_items
 from dragsaw.data.io2d import map_mask_values
 from dragsaw.data.io3d import LoadVolumed, case_to_dict, check_case_geometry
 from dragsaw.data.transforms3d import (
@@ -276,15 +277,7 @@ def collate_eval3d(batch: Sequence[dict]) -> dict:
         raise ConfigError(
             f"collate_eval3d cannot stack volumes of shapes {sorted(shapes)}; fix: use batch_size=1 for evaluation"
         )
-    out = {
-        "image": torch.stack([b["image"] for b in batch]),
-        "label": torch.stack([b["label"] for b in batch]),
-        "case_id": [b["case_id"] for b in batch],
-    }
-    for key in ("label_native", "meta"):
-        if key in batch[0]:
-            out[key] = [b[key] for b in batch]
-    return out
+    return stack_eval_items(batch, ("label_native", "meta"))
 
 
 def worker_init_fn3d(worker_id: int) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from dragsaw._checks import is_int
 from dragsaw.data.cases import Case
 from dragsaw.data.io3d import check_case_geometry, nifti_stem
 from dragsaw.errors import ConfigError, DataError
@@ -75,8 +76,7 @@ def _index_dict(value: Any, key: str, path: Path) -> tuple[str, ...]:
 
 def _labels(meta: dict, path: Path) -> tuple[str, ...]:
     labels = meta.get("labels")
-    if isinstance(labels, dict) and labels and all(isinstance(v, int) and not isinstance(v, bool) for v in
-                                                   labels.values()):  # nnU-Net v2: {"background": 0, ...}
+    if isinstance(labels, dict) and labels and all(is_int(v) for v in labels.values()):  # nnU-Net v2: {"background": 0}
         labels = {str(v): k for k, v in labels.items()}
     return _index_dict(labels, "labels", path)
 

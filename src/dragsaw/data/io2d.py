@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dragsaw._checks import is_int
 from dragsaw.data.cases import Case
 from dragsaw.errors import ConfigError, DataError
 
@@ -171,7 +172,7 @@ def _mask_values(im: Image.Image, path: Path) -> np.ndarray:
 
 
 def _check_value_map(value_map: Mapping[int, int] | None, num_classes: int) -> dict[int, int] | None:
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
+    if not is_int(num_classes) or num_classes < 2:
         raise ConfigError(f"num_classes must be an integer >= 2 (background included), got {num_classes!r}")
     if value_map is None:
         return None
@@ -179,8 +180,8 @@ def _check_value_map(value_map: Mapping[int, int] | None, num_classes: int) -> d
         raise ConfigError(f"value_map must be a non-empty mapping {{stored value: class index}}, got {value_map!r}")
     checked: dict[int, int] = {}
     for key, cls in value_map.items():
-        ok_key = isinstance(key, (int, np.integer)) and not isinstance(key, bool)
-        ok_cls = isinstance(cls, (int, np.integer)) and not isinstance(cls, bool) and 0 <= cls < num_classes
+        ok_key = is_int(key, numpy=True)
+        ok_cls = is_int(cls, numpy=True) and 0 <= cls < num_classes
         if not (ok_key and ok_cls):
             raise ConfigError(
                 f"value_map entry {key!r}: {cls!r} is invalid; keys must be stored integer values and values class "

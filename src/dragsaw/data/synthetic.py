@@ -28,6 +28,7 @@ from PIL import Image
 from scipy import ndimage
 
 from dragsaw._atomic import atomic_dir
+from dragsaw._checks import int_sequence, is_int
 from dragsaw.errors import ConfigError
 
 __all__ = ["generate", "write_folder"]
@@ -149,16 +150,13 @@ def _one(rng: np.random.Generator, shape: tuple[int, int], num_classes: int) -> 
 
 
 def _check(n: int, size: tuple[int, int], seed: int, num_classes: int, n_name: str = "n") -> tuple[int, int]:
-    def is_int(v):
-        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-    if not is_int(n) or n < 0:
+    if not is_int(n, numpy=True) or n < 0:
         raise ConfigError(f"{n_name} must be a non-negative integer, got {n!r}")
-    if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(is_int(v) and v >= 16 for v in size)):
+    if not (isinstance(size, (tuple, list)) and int_sequence(size, 2, minimum=16)):
         raise ConfigError(f"size must be two integers (H, W), each >= 16, got {size!r}")
-    if not is_int(seed) or seed < 0:
+    if not is_int(seed, numpy=True) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
-    if not is_int(num_classes) or not 2 <= num_classes <= 8:
+    if not is_int(num_classes, numpy=True) or not 2 <= num_classes <= 8:
         raise ConfigError(f"num_classes must be an integer in 2..8 (background included), got {num_classes!r}")
     return int(size[0]), int(size[1])
 

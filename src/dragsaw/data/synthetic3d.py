@@ -34,6 +34,7 @@ from dragsaw.data.io3d import write_nifti
 from dragsaw.data.synthetic import _spline_matrix
 from dragsaw.data.transforms3d import _as_float_tuple
 from dragsaw._atomic import atomic_dir
+from dragsaw._checks import int_sequence, is_int
 from dragsaw.errors import ConfigError
 
 __all__ = ["generate3d", "write_decathlon", "MODALITY_NAMES"]
@@ -155,19 +156,16 @@ def _check(
     n: int, shape: Sequence[int], spacing: Sequence[float], seed: int, num_classes: int, modalities: int,
     n_name: str = "n",
 ) -> tuple[tuple[int, int, int], tuple[float, float, float]]:  # fmt: skip
-    def is_int(v):
-        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-    if not is_int(n) or n < 0:
+    if not is_int(n, numpy=True) or n < 0:
         raise ConfigError(f"{n_name} must be a non-negative integer, got {n!r}")
-    if not (isinstance(shape, (tuple, list)) and len(shape) == 3 and all(is_int(v) and v >= 16 for v in shape)):
+    if not (isinstance(shape, (tuple, list)) and int_sequence(shape, 3, minimum=16)):
         raise ConfigError(f"shape must be three integers (X, Y, Z), each >= 16, got {shape!r}")
     spacing = _as_float_tuple("spacing", spacing)
-    if not is_int(seed) or seed < 0:
+    if not is_int(seed, numpy=True) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
-    if not is_int(num_classes) or not 2 <= num_classes <= 6:
+    if not is_int(num_classes, numpy=True) or not 2 <= num_classes <= 6:
         raise ConfigError(f"num_classes must be an integer in 2..6 (background included), got {num_classes!r}")
-    if not is_int(modalities) or not 1 <= modalities <= len(MODALITY_NAMES):
+    if not is_int(modalities, numpy=True) or not 1 <= modalities <= len(MODALITY_NAMES):
         raise ConfigError(f"modalities must be an integer in 1..{len(MODALITY_NAMES)}, got {modalities!r}")
     return (int(shape[0]), int(shape[1]), int(shape[2])), spacing  # type: ignore[return-value]
 

@@ -18,10 +18,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from monai.transforms import Compose, RandAffined, RandFlipd, Resized
 
+from dragsaw._checks import int_sequence
 from dragsaw.errors import ConfigError, DataError, DragsawError
 
 __all__ = [
@@ -44,14 +44,10 @@ _IMAGE_MODES = ("bilinear", "bicubic", "area", "nearest-exact")
 
 
 def _check_size(input_size: Sequence[int]) -> tuple[int, int]:
-    ok = (
-        isinstance(input_size, Sequence)
-        and len(input_size) == 2
-        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in input_size)
-    )
-    if not ok:
+    size = int_sequence(input_size, 2)
+    if size is None:
         raise ConfigError(f"input_size must be two positive integers (H, W), got {input_size!r}")
-    return int(input_size[0]), int(input_size[1])
+    return size
 
 
 def _stats(value: float | Sequence[float] | None, name: str) -> tuple[float, ...] | None:

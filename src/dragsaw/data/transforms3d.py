@@ -42,6 +42,7 @@ from monai.transforms import (
     Spacingd,
 )
 
+from dragsaw._checks import int_sequence
 from dragsaw.data.io3d import NATIVE_LABEL_KEY, LoadVolumed
 from dragsaw.data.transforms2d import _Pipeline
 from dragsaw.errors import ConfigError, DataError
@@ -225,14 +226,10 @@ def _as_float_tuple(name: str, value: Sequence[float], n: int = 3) -> tuple[floa
     return out
 
 def _check_patch(patch_size: Sequence[int]) -> tuple[int, int, int]:
-    ok = (
-        isinstance(patch_size, Sequence)
-        and len(patch_size) == 3
-        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in patch_size)
-    )
-    if not ok:
+    size = int_sequence(patch_size, 3)
+    if size is None:
         raise ConfigError(f"patch_size must be three positive integers (one per spatial axis), got {patch_size!r}")
-    return int(patch_size[0]), int(patch_size[1]), int(patch_size[2])
+    return size
 
 
 class RandPatchd(Randomizable):

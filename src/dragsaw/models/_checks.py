@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Sequence
 
+from .._checks import is_int
 from ..errors import ConfigError
 
 __all__ = [
@@ -78,12 +79,12 @@ def check_int_tuple(
     Raises:
         ConfigError: naming ``name`` when the type, the length or a value does not fit.
     """
-    if isinstance(value, int) and not isinstance(value, bool) and length is not None:
+    if is_int(value) and length is not None:
         value = (value,) * length
     if (
         isinstance(value, (str, bytes))
         or not isinstance(value, Sequence)
-        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        or not all(is_int(v) for v in value)
     ):
         raise ConfigError(f"{name} must be a sequence of ints, got {value!r}.")
     out = tuple(int(v) for v in value)

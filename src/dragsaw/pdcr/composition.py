@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .._checks import as_axis_tuple, check_int_labels
 
-__all__ = ["label_composition", "LabelIntegral", "patch_bounds", "patch_counts", "patch_series_counts"]
+__all__ = ["label_composition", "LabelIntegral", "patch_bounds", "patch_series_counts"]
 
 
 def patch_bounds(index: torch.Tensor, stride: int, patch: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,18 +123,22 @@ class LabelIntegral:
         labels: int tensor ``[B, *S]`` (``S`` one to three spatial axes) of class indices.
         num_classes: ``K``, background included.
         ignore_index: a label value to leave out of every histogram (may lie outside ``0..K-1``).
+        checked: the labels already passed ``check_int_labels`` (int64, in range): skip that pass over them.
 
     Attributes:
         size: the spatial size ``S``.
     """
 
-    def __init__(self, labels: torch.Tensor, num_classes: int, ignore_index: int | None = None) -> None:
+    def __init__(
+        self, labels: torch.Tensor, num_classes: int, ignore_index: int | None = None, *, checked: bool = False
+    ) -> None:
         if labels.ndim < 2:
             raise ValueError(
                 f"labels must have shape [B, *S] with 1 to 3 spatial axes, got shape {tuple(labels.shape)}; "
                 "add a batch axis with labels[None] for a single image."
             )
-        labels = check_int_labels(labels, num_classes, ignore_index)
+        if not checked:
+            labels = check_int_labels(labels, num_classes, ignore_index)
         self.size = tuple(labels.shape[1:])
         self.num_classes = num_classes
         # Fields must hold any count along the first axis (at most its length, also for a cumulative sum); of
@@ -236,18 +240,6 @@ def patch_series_counts(
             window = window.narrow(2 + axis, offset, patch[axis])
         out.append(window.sum(tuple(range(2, 2 + ndim)), dtype=torch.int32).transpose(1, 2))
     return out
-
-
-def patch_counts(
-    labels: torch.Tensor,
-    positions: torch.Tensor,
-    stride: Sequence[int],
-    patch: Sequence[int],
-    num_classes: int,
-    ignore_index: int | None = None,
-) -> torch.Tensor:
-    """:func:`patch_series_counts` for one patch length: int32 ``[B, K, N]``."""
-    return patch_series_counts(labels, positions, stride, [patch], num_classes, ignore_index)[0]
 
 
 def counts_to_composition(counts: torch.Tensor, dim: int = 1) -> torch.Tensor:

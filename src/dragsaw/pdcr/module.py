@@ -9,7 +9,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .._checks import as_axis_tuple, check_int_labels, check_spatial_dims
+from .._checks import as_axis_tuple, check_int_labels, check_spatial_dims, is_int
 from .composition import LabelIntegral, counts_to_composition, patch_series_counts
 from .loss import ORIENTATIONS, grouped_loss, series_loss, similarity
 from .sampling import SAMPLERS, auto_border, grid_positions, random_positions
@@ -37,7 +37,8 @@ class _Labels:
 
     def integral(self) -> LabelIntegral:
         if self._integral is None:
-            self._integral = LabelIntegral(self.tensor, self._owner.num_classes, self._owner.ignore_index)
+            self._integral = LabelIntegral(self.tensor, self._owner.num_classes, self._owner.ignore_index,
+                                           checked=True)  # checked once in forward
         return self._integral
 
 
@@ -164,7 +165,7 @@ class PatchDragsawLoss(nn.Module):
         out = {}
         for name in names:
             n = value.get(name) if isinstance(value, Mapping) else value
-            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            if not is_int(n) or n < 1:
                 raise ValueError(f"{what} for layer {name!r} must be an int >= 1, got {n!r}.")
             out[name] = n
         return out
@@ -237,12 +238,6 @@ class PatchDragsawLoss(nn.Module):
                 counts = [labels.integral().points(pos, stride, k) for k in series]
             cache[key] = counts_to_composition(torch.stack(counts), dim=2).transpose(2, 3)
         return cache[key]
-
-    def _series_loss(self, emb_a, comps_a, emb_b=None, comps_b=None) -> torch.Tensor:
-        """H-PDCR: the loss per patch length, averaged (one shared similarity matrix)."""
-        if emb_b is None:
-            emb_b, comps_b = emb_a, comps_a
-        return series_loss(emb_a, comps_a, emb_b, comps_b, self.temperature, self.orientation)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -322,7 +317,7 @@ class PatchDragsawLoss(nn.Module):
             emb_q = self.projections[_key(q)](emb_q.to(self.projections[_key(q)].weight.dtype))
             comps_p = self._compositions(integral, p, pos_p, stride[p], cache)
             comps_q = self._compositions(integral, q, pos_q, stride[q], cache)
-            loss = self._series_loss(emb_p, comps_p, emb_q, comps_q)
+            loss = series_loss(emb_p, comps_p, emb_q, comps_q, self.temperature, self.orientation)
             terms[f"cross/{p}~{q}"] = loss.detach()
             total = total + self.cross_weight * loss
         return PDCROutput(total, terms)
