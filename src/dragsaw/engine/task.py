@@ -38,6 +38,11 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in float32 when it is half precision (mixed precision); float32 and float64 pass unchanged."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+
+
 def main_logits(output) -> torch.Tensor:
     """The full-resolution logits of a host's output (deep-supervision hosts return a list, finest first)."""
     return output[0] if isinstance(output, (list, tuple)) else output
@@ -130,9 +135,11 @@ class SegmentationTask(L.LightningModule):
             target = labels
             if logits.shape[2:] != labels.shape[1:]:
                 target = F.interpolate(labels[:, None].float(), size=logits.shape[2:], mode="nearest")[:, 0].long()
-            loss = F.cross_entropy(logits.float(), target, weight=self.class_weights)
+            logits = _at_least_float32(logits)
+            class_weights = None if self.class_weights is None else self.class_weights.to(logits.dtype)
+            loss = F.cross_entropy(logits, target, weight=class_weights)
             if self.dice is not None:
-                loss = loss + self.config.train.dice_weight * self.dice(logits.float(), target[:, None])
+                loss = loss + self.config.train.dice_weight * self.dice(logits, target[:, None])
             total = total + weight * loss
         return total / sum(weights)
 
