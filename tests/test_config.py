@@ -63,3 +63,51 @@ def test_overrides_take_precedence_and_parse_yaml():
 def test_errors(call, match):
     with pytest.raises(ConfigError, match=match):
         call()
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["uafs.init_scale=0"], r"uafs.init_scale must be a finite number > 0, got 0.*saddle point"),
+        (["uafs.init_scale=-0.01"], r"uafs.init_scale must be a finite number > 0, got -0.01"),
+        (["uafs.init_scale=.inf"], r"uafs.init_scale must be a finite number > 0, got inf"),
+        (["uafs.init_scale=true"], r"uafs.init_scale must be of type"),
+        (["uafs.aux_weight=-1"], r"uafs.aux_weight must be a finite number >= 0 \(0 = off\), got -1"),
+        (["uafs.aux_weight=.nan"], r"uafs.aux_weight must be a finite number >= 0"),
+        (["data.num_classes=3", "uafs.aux_weight=0.1"],
+         r"uafs.branches must equal data.num_classes=3, got uafs.branches=2; set uafs.branches=3"),
+    ],
+)
+def test_uafs_option_errors_name_the_key(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        apply_overrides(load_preset("folder"), overrides)
+
+
+def test_uafs_options_defaults_and_valid_values():
+    config = load_preset("folder")
+    assert config.uafs.init_scale == 1.0 and config.uafs.aux_weight == 0.0  # the paper's form by default
+    ok = apply_overrides(config, ["data.num_classes=3", "uafs.branches=3", "uafs.aux_weight=0.1", "uafs.init_scale=0.01"])
+    assert (ok.uafs.aux_weight, ok.uafs.init_scale) == (0.1, 0.01)
+    # without UAFS the auxiliary weight has nothing to supervise, so the head width is not checked
+    assert apply_overrides(config, ["data.num_classes=3", "uafs.enabled=false", "uafs.aux_weight=0.1"]).uafs.enabled is False
+
+
+def test_pdcr_ramp_and_embedding_defaults_are_the_papers_form():
+    config = load_preset("folder")
+    assert config.pdcr.ramp_epochs == 0.0 and config.pdcr.embedding == "feature"
+    ok = apply_overrides(config, ["pdcr.ramp_epochs=2.5", "pdcr.embedding=mlp"])
+    assert ok.pdcr.ramp_epochs == 2.5 and ok.pdcr.embedding == "mlp"
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("pdcr.ramp_epochs=-1", r"pdcr.ramp_epochs must be a finite number >= 0 .*got -1"),
+        ("pdcr.ramp_epochs=.nan", r"pdcr.ramp_epochs must be a finite number >= 0 .*got nan"),
+        ("pdcr.ramp_epochs=two", r"pdcr.ramp_epochs must be of type .*float.*got 'two'"),
+        ("pdcr.embedding=projection", r"pdcr.embedding must be one of \['feature', 'mlp'\], got 'projection'"),
+    ],
+)
+def test_pdcr_option_errors(override, match):
+    with pytest.raises(ConfigError, match=match):
+        apply_overrides(load_preset("folder"), [override])

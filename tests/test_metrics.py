@@ -14,8 +14,10 @@ from dragsaw.errors import ConfigError, DataError
 from dragsaw.metrics import (
     case_metrics,
     dice_jaccard_consistent,
+    error_auroc,
     jaccard_lower_bound,
     resize_logits_to,
+    softmax_entropy,
     summarize,
 )
 
@@ -335,3 +337,71 @@ def test_consistency_other_cases():
     assert not dice_jaccard_consistent(0.80, 0.85)  # Jaccard above Dice is impossible
     with pytest.raises(DataError, match="mean_jaccard"):
         dice_jaccard_consistent(0.9, 1.5)
+
+
+# ---------------------------------------------------------------------------------------------------------------- error AUROC
+
+
+def _naive_error_auroc(score, pred, target) -> float:
+    """Every (wrong, right) pair: 1 when the wrong pixel scores higher, 1/2 for a tie."""
+    score, wrong = np.asarray(score).ravel(), (np.asarray(pred) != np.asarray(target)).ravel()
+    total = 0.0
+    for a in score[wrong]:
+        for b in score[~wrong]:
+            total += 1.0 if a > b else 0.5 if a == b else 0.0
+    return total / (wrong.sum() * (~wrong).sum())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_error_auroc_matches_a_loop_over_all_pairs(seed):
+    rng = np.random.default_rng(seed)
+    shape = [(5, 7), (3, 4, 5), (9, 6)][seed % 3]
+    score = rng.integers(0, 4, size=shape).astype(np.float64) / 3  # few distinct values: many ties
+    if seed % 2:
+        score = score + rng.normal(size=shape) * (rng.random(shape) < 0.5)  # mix tied and distinct values
+    target = rng.integers(0, 3, size=shape)
+    pred = np.where(rng.random(shape) < 0.4, rng.integers(0, 3, size=shape), target)
+    expected = _naive_error_auroc(score, pred, target)
+    assert error_auroc(score, pred, target) == pytest.approx(expected, abs=1e-12)
+    assert error_auroc(torch.from_numpy(score), torch.from_numpy(pred), torch.from_numpy(target)) == pytest.approx(
+        expected, abs=1e-12
+    )
+
+
+def test_error_auroc_extremes_and_undefined_cases():
+    target = np.array([[0, 1], [1, 0]])
+    pred = np.array([[1, 1], [1, 1]])  # wrong at (0,0) and (1,1)
+    assert error_auroc(np.array([[0.9, 0.1], [0.2, 0.8]]), pred, target) == 1.0
+    assert error_auroc(np.array([[0.1, 0.9], [0.8, 0.2]]), pred, target) == 0.0
+    assert error_auroc(np.full((2, 2), 0.5), pred, target) == 0.5  # all tied
+    assert math.isnan(error_auroc(np.random.rand(2, 2), target, target))  # no wrong pixel
+    assert math.isnan(error_auroc(np.random.rand(2, 2), 1 - target, target))  # no right pixel
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        ((np.zeros((2, 3)), np.zeros((2, 2), int), np.zeros((2, 2), int)), "same non-empty shape"),
+        ((np.array([[np.nan, 0.0]]), np.zeros((1, 2), int), np.ones((1, 2), int)), "NaN or infinite"),
+        ((np.zeros((1, 2)), np.zeros((1, 2)), np.zeros((1, 2), int)), "integer class labels"),
+        ((np.zeros((1, 2), bool), np.zeros((1, 2), int), np.zeros((1, 2), int)), "real numbers"),
+    ],
+)
+def test_error_auroc_errors(args, match):
+    with pytest.raises(DataError, match=match):
+        error_auroc(*args)
+
+
+def test_softmax_entropy_by_hand():
+    logits = torch.tensor([[0.0, 0.0], [1.0, -1.0], [2.0, 0.5]], dtype=torch.float64).T.reshape(1, 2, 3, 1)
+    p = 1 / (1 + np.exp(-2.0))  # softmax of (1, -1)
+    q = 1 / (1 + np.exp(-1.5))  # softmax of (2, 0.5)
+    expected = [1.0, -(p * np.log(p) + (1 - p) * np.log(1 - p)) / np.log(2),
+                -(q * np.log(q) + (1 - q) * np.log(1 - q)) / np.log(2)]
+    out = softmax_entropy(logits)
+    assert out.shape == (1, 1, 3, 1)
+    np.testing.assert_allclose(out.reshape(-1).numpy(), expected, rtol=1e-12)
+    three = softmax_entropy(torch.zeros(2, 3, 4, 4, 4))
+    torch.testing.assert_close(three, torch.ones(2, 1, 4, 4, 4))  # uniform over 3 classes, 3D
+    with pytest.raises(DataError, match="K >= 2"):
+        softmax_entropy(torch.zeros(1, 1, 4, 4))

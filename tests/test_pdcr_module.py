@@ -192,3 +192,113 @@ def test_channels_last_features_give_the_same_loss_and_gradients(dims, fmt):
     torch.testing.assert_close(results[1][0], results[0][0])
     for got, want in zip(results[1][1], results[0][1]):
         torch.testing.assert_close(got, want)
+
+
+# ---------------------------------------------------------------- embedding="mlp": projection heads per tapped layer
+def _head_by_hand(head: nn.Sequential, emb: torch.Tensor) -> torch.Tensor:
+    """Linear -> ReLU -> Linear written out with the head's own weights (an independent reference of the head)."""
+    w1, b1, w2, b2 = head[0].weight, head[0].bias, head[2].weight, head[2].bias
+    return (emb @ w1.T + b1).clamp(min=0) @ w2.T + b2
+
+
+def test_mlp_embedding_equals_dragsaw_loss_on_head_outputs_by_hand():
+    torch.manual_seed(3)
+    feats = {"a": torch.randn(2, 6, 8, 10, dtype=torch.float64, requires_grad=True),
+             "c": torch.randn(2, 4, 4, 5, dtype=torch.float64, requires_grad=True)}
+    labels = torch.randint(0, 3, (2, 32, 40))
+    loss = PatchDragsawLoss(3, {"a": 0.5, "c": 1.5}, samples={"a": 12, "c": 6}, patch_sizes=(3, 7), border=1,
+                            temperature=0.5, cross_layers=[("a", "c")], in_channels={"a": 6, "c": 4},
+                            cross_samples={"a": 8, "c": 4}, cross_weight=0.25, projection_dim=5,
+                            embedding="mlp").double()
+    # one head per tapped layer, C -> C -> projection_dim; no linear cross projections
+    assert len(loss.projections) == 0
+    assert (loss.heads["a"][0].weight.shape, loss.heads["a"][2].weight.shape) == ((6, 6), (5, 6))
+    assert (loss.heads["c"][0].weight.shape, loss.heads["c"][2].weight.shape) == ((4, 4), (5, 4))
+    out = loss(feats, labels)
+
+    def sampled(name, count):
+        grid = feats[name].shape[2:]
+        pos = grid_positions(grid, (1, 1), count)
+        stride = 32 // grid[0]
+        emb = _head_by_hand(loss.heads[name], feats[name][:, :, pos[:, 0], pos[:, 1]].transpose(1, 2))
+        comps = [label_composition(labels, 3, stride, k)[:, :, pos[:, 0], pos[:, 1]].transpose(1, 2) for k in (3, 7)]
+        return emb, comps
+
+    want = {}
+    for name, count in (("a", 12), ("c", 6)):
+        emb, comps = sampled(name, count)
+        want[f"layer/{name}"] = torch.stack([dragsaw_loss(emb, c, temperature=0.5) for c in comps]).mean()
+    emb_a, comps_a = sampled("a", 8)
+    emb_c, comps_c = sampled("c", 4)
+    want["cross/a~c"] = torch.stack(
+        [dragsaw_loss(emb_a, ca, emb_c, cc, temperature=0.5) for ca, cc in zip(comps_a, comps_c)]
+    ).mean()
+    assert list(out.terms) == list(want)
+    for key, value in want.items():
+        assert value.dtype == torch.float64
+        torch.testing.assert_close(out.terms[key], value.detach())
+    total = 0.5 * want["layer/a"] + 1.5 * want["layer/c"] + 0.25 * want["cross/a~c"]
+    torch.testing.assert_close(out.total, total)
+    # gradients reach the heads' weights and the tapped maps, and agree with the hand computation
+    inputs = [*feats.values(), *loss.heads.parameters()]
+    grads = torch.autograd.grad(out.total, inputs)
+    want_grads = torch.autograd.grad(total, inputs)
+    for got, ref in zip(grads, want_grads):
+        torch.testing.assert_close(got, ref)
+    assert all(g.abs().sum() > 0 for g in grads)
+
+
+def test_mlp_head_makes_the_push_reachable_on_relu_features():
+    # two pure regions (left half class 0, right half class 1) on non-negative (post-ReLU) features: the raw cosines
+    # between the regions can never drop below 0, but the head's outputs can, and training drives them towards -1
+    torch.manual_seed(0)
+    labels = torch.zeros(1, 32, 32, dtype=torch.long)
+    labels[..., 16:] = 1
+    pos = grid_positions((8, 8), (0, 0), 16)
+    classes = labels[0, pos[:, 0] * 4, pos[:, 1] * 4]
+    assert set(classes.tolist()) == {0, 1}
+
+    def cross_class_cosine(vectors):
+        unit = torch.nn.functional.normalize(vectors, dim=-1)
+        cos = unit @ unit.T
+        return cos[classes == 0][:, classes == 1].mean().item(), cos[classes == 0][:, classes == 0].mean().item()
+
+    results = {}
+    for embedding in ("feature", "mlp"):
+        torch.manual_seed(0)
+        raw = torch.randn(1, 16, 8, 8, dtype=torch.float64, requires_grad=True)
+        loss = PatchDragsawLoss(2, ["f"], samples=16, patch_sizes=(3,), border=0, embedding=embedding,
+                                in_channels={"f": 16}, projection_dim=8).double()
+        optimiser = torch.optim.Adam([raw, *loss.parameters()], lr=0.05)
+        for _ in range(100):
+            optimiser.zero_grad()
+            value = loss({"f": raw.relu()}, labels).total
+            value.backward()
+            optimiser.step()
+        with torch.no_grad():
+            vectors = raw.relu()[0, :, pos[:, 0], pos[:, 1]].T
+            if embedding == "mlp":
+                vectors = _head_by_hand(loss.heads["f"], vectors)
+            results[embedding] = (*cross_class_cosine(vectors), value.item())
+    assert results["feature"][0] >= 0.0  # the raw push target cos = -1 is out of reach
+    assert results["mlp"][0] < -0.9 and results["mlp"][1] > 0.9  # pushed apart across, pulled together within
+    assert results["mlp"][2] < results["feature"][2] - 0.1  # and the loss gets lower than the raw features allow
+
+
+def test_mlp_embedding_errors():
+    with pytest.raises(ValueError, match=r"embedding='mlp' needs .*in_channels lacks \['g'\].*embedding='feature'"):
+        PatchDragsawLoss(2, ["f", "g"], embedding="mlp", in_channels={"f": 4})
+    with pytest.raises(ValueError, match="embedding must be one of"):
+        PatchDragsawLoss(2, ["f"], embedding="proj")
+    with pytest.raises(ValueError, match="projection_dim must be an int >= 1"):
+        PatchDragsawLoss(2, ["f"], embedding="mlp", in_channels={"f": 4}, projection_dim=0)
+    loss = PatchDragsawLoss(2, ["f"], samples=4, embedding="mlp", in_channels={"f": 5})
+    with pytest.raises(ValueError, match=r"feature 'f' has 4 channels .*in_channels\['f'\]=5"):
+        loss({"f": torch.randn(2, 4, 8, 8)}, torch.zeros(2, 32, 32, dtype=torch.long))
+
+
+def test_feature_embedding_creates_no_heads():
+    loss = PatchDragsawLoss(2, ["f", "g"], cross_layers=[("f", "g")], in_channels={"f": 4, "g": 6}, projection_dim=3)
+    assert loss.embedding == "feature" and len(loss.heads) == 0
+    assert sorted(k for k, _ in loss.named_parameters()) == [
+        "projections.f.bias", "projections.f.weight", "projections.g.bias", "projections.g.weight"]

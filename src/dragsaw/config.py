@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -49,6 +50,9 @@ class DataConfig:
     modalities: list[str] | None = None  # None: from dataset.json
     ct_stats: dict | None = None  # CT intensity statistics, computed from the training cases and kept for prediction
     regions: dict[str, list[int]] | None = None  # extra metrics over unions of classes (e.g. BraTS WT/TC/ET)
+    # training-data experiments: train on a seeded subset of the training split (nested: 0.25 inside 0.5)
+    train_fraction: float = 1.0
+    subset_seed: int | None = None  # None: train.seed
 
 
 @dataclass
@@ -63,7 +67,16 @@ class ModelConfig:
 
 @dataclass
 class PDCRConfig:
-    """The PDCR regulariser (METHOD.md section 0). ``layers``/``cross_layers`` override the host's defaults."""
+    """The PDCR regulariser (METHOD.md section 0). ``layers``/``cross_layers`` override the host's defaults.
+
+    ``layers`` may name any submodule of the host (``dragsaw.taps.list_tappable``): names the host does not
+    declare in ``pdcr_taps()`` get their channels and stride from a probe forward at ``data.input_size``.
+    ``ramp_epochs``: the PDCR total is scaled by ``min(1, step / (ramp_epochs * steps_per_epoch))`` during training
+    (0, the default and the paper's form: full weight from step 0).
+    ``embedding``: ``"feature"`` (default, the paper's form) compares the raw sampled feature vectors; ``"mlp"``
+    passes them through a per-layer head ``Linear(C, C) -> ReLU -> Linear(C, projection_dim)`` first, whose output
+    can have negative cosines (cross-layer terms then use the heads instead of linear projections).
+    """
 
     enabled: bool = True
     encoder_weight: float = 0.1
@@ -78,7 +91,9 @@ class PDCRConfig:
     border: int | None = None
     projection_dim: int = 128
     orientation: str = "intended"
-    layers: dict[str, str] | None = None  # name -> role ("encoder" or "decoder")
+    ramp_epochs: float = 0.0  # >= 0: PDCR weight ramps linearly from 0 to 1 over this many epochs (0: no ramp)
+    embedding: str = "feature"  # "feature" (raw sampled vectors) or "mlp" (a projection head per tapped layer)
+    layers: dict[str, str] | None = None  # name -> role ("encoder" or "decoder"); any submodule name of the host
     cross_layers: list[list[str]] | None = None
 
 
@@ -91,6 +106,8 @@ class UAFSConfig:
     kernel_size: int = 3
     hidden: int | None = None
     points: list[str] | None = None
+    init_scale: float = 1.0  # last head layer's init x this; 1.0 = paper, 0.01 = near identity at step 0; > 0
+    aux_weight: float = 0.0  # > 0: supervise every head with the label composition (needs branches = num_classes)
 
 
 @dataclass
@@ -186,6 +203,8 @@ def _matches(value: Any, hint: Any) -> bool:
     return isinstance(value, hint)
 
 
+PDCR_EMBEDDINGS = ("feature", "mlp")  # as dragsaw.pdcr.module.EMBEDDINGS (config does not import torch)
+
 _POSITIVE = ("epochs", "batch_size", "lr", "devices", "val_every", "iterations_per_epoch", "sw_batch_size",
              "max_steps")
 
@@ -207,10 +226,41 @@ def check_config(config: RunConfig, where: str = "") -> None:
         value = getattr(config.train, key)
         if value is not None and value <= 0:
             raise ConfigError(f"{where}train.{key} must be > 0, got {value!r}.")
+    pc = config.pdcr
+    if not (math.isfinite(pc.ramp_epochs) and pc.ramp_epochs >= 0):
+        raise ConfigError(f"{where}pdcr.ramp_epochs must be a finite number >= 0 (0 = full PDCR weight from the first "
+                          f"step), got {pc.ramp_epochs!r}.")
+    if pc.embedding not in PDCR_EMBEDDINGS:
+        raise ConfigError(f"{where}pdcr.embedding must be one of {list(PDCR_EMBEDDINGS)}, got {pc.embedding!r}.")
+    if not 0.0 < config.data.train_fraction <= 1.0:
+        raise ConfigError(f"{where}data.train_fraction must be in (0, 1], got {config.data.train_fraction!r}; e.g. "
+                          "0.25 trains on a quarter of the training cases.")
+    if config.data.subset_seed is not None and config.data.subset_seed < 0:
+        raise ConfigError(f"{where}data.subset_seed must be an int >= 0 or null, got {config.data.subset_seed!r}.")
     dims = config.model.spatial_dims
     if dims in (2, 3) and len(config.data.input_size) != dims:
         raise ConfigError(f"{where}data.input_size must hold {dims} sizes for model.spatial_dims={dims}, got "
                           f"{config.data.input_size!r}.")
+    _check_uafs(config, where)
+
+
+def _check_uafs(config: RunConfig, where: str) -> None:
+    """Ranges of ``uafs.init_scale`` and ``uafs.aux_weight``, and the head width the auxiliary loss needs."""
+    uc = config.uafs
+    if not math.isfinite(uc.init_scale) or uc.init_scale <= 0:
+        raise ConfigError(
+            f"{where}uafs.init_scale must be a finite number > 0, got {uc.init_scale!r}: 1.0 keeps PyTorch's default "
+            "init (the paper's form), e.g. 0.01 starts each block near the identity. Exactly 0 is a saddle point "
+            "(uniform softmax, where the entropy's gradient vanishes): the head would never learn."
+        )
+    if not math.isfinite(uc.aux_weight) or uc.aux_weight < 0:
+        raise ConfigError(f"{where}uafs.aux_weight must be a finite number >= 0 (0 = off), got {uc.aux_weight!r}.")
+    if uc.enabled and uc.aux_weight > 0 and uc.branches != config.data.num_classes:
+        raise ConfigError(
+            f"{where}uafs.aux_weight={uc.aux_weight} supervises each head with the classes of the labels, so "
+            f"uafs.branches must equal data.num_classes={config.data.num_classes}, got uafs.branches={uc.branches}; "
+            f"set uafs.branches={config.data.num_classes} (or uafs.aux_weight=0)."
+        )
 
 
 def config_to_dict(config: RunConfig) -> dict:

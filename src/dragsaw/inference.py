@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -20,7 +21,7 @@ from ._atomic import atomic_file
 from .data import (Case, SegmentationDataset, collate_eval, image_channels, preprocess_transforms, read_image,
                    to_original_geometry, write_nifti)
 from .errors import DataError, DragsawError
-from .metrics import case_metrics, resize_logits_to
+from .metrics import case_metrics, error_auroc, resize_logits_to, softmax_entropy
 from .report import save_overlay_png
 from .uafs import UncertaintySelect, uncertainty_maps
 
@@ -164,6 +165,12 @@ def evaluate_loader(
     (``collate_eval3d``): sliding-window prediction mapped back to the input's grid (same shape and affine),
     HD95 in millimetres. ``regions`` adds metrics of unions of classes.
 
+    Every case also gets two error-detection scores (:func:`dragsaw.metrics.error_auroc`, at the native
+    resolution / original geometry): ``auroc_uafs``, the AUROC of the finest UAFS uncertainty map for the
+    case's wrongly classified pixels (NaN for models without UAFS), and ``auroc_entropy``, that of the
+    normalised softmax entropy of the final logits (the reference any model has). Both are NaN for a case with
+    no wrong or no right pixel.
+
     Returns:
         ``(per_case, overlay_items)``: one metrics dict per case (with ``case_id``), and up to ``overlays`` items
         for :func:`dragsaw.report.plot_overlays`.
@@ -182,10 +189,21 @@ def evaluate_loader(
                     pred_pre = logits[i].argmax(0).cpu()
                     pred = torch.from_numpy(np.asarray(to_original_geometry(pred_pre.numpy(), meta))).long()
                     spacing = [float(v) for v in np.sqrt((np.asarray(meta["affine"])[:3, :3] ** 2).sum(0))]
+                    maps = [softmax_entropy(logits[i : i + 1].float())[0, 0]] + ([] if unc is None else [unc[i, 0]])
+                    mapped = to_original_geometry(torch.stack(maps).float().cpu(), meta)  # one resampling for both
+                    entropy, u_native = mapped[0], (None if unc is None else mapped[1])
                 else:
-                    pred = resize_logits_to(logits[i : i + 1].float(), tuple(native.shape)).argmax(1)[0].cpu()
+                    resized = resize_logits_to(logits[i : i + 1].float(), tuple(native.shape))
+                    pred = resized.argmax(1)[0].cpu()
                     spacing = None
+                    entropy = softmax_entropy(resized)[0, 0].cpu()
+                    u_native = None
+                    if unc is not None:
+                        u_native = resize_logits_to(unc[i : i + 1].float(), tuple(native.shape))[0, 0].clamp(0, 1).cpu()
                 scores = case_metrics(pred, native, num_classes, spacing=spacing, include_hd95=include_hd95)
+                # error detection: how well each uncertainty map ranks the wrong pixels above the right ones
+                scores["auroc_uafs"] = math.nan if u_native is None else error_auroc(u_native, pred, native)
+                scores["auroc_entropy"] = error_auroc(entropy, pred, native)
                 if regions:
                     scores |= _region_scores(pred.numpy(), native.numpy(), regions, spacing, include_hd95)
                 per_case.append({"case_id": case_id, **scores})

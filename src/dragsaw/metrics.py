@@ -51,6 +51,7 @@ from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou
 
 from dragsaw._checks import is_int
 from dragsaw.errors import ConfigError, DataError
+from dragsaw.uafs import entropy_map
 
 __all__ = [
     "case_metrics",
@@ -58,6 +59,8 @@ __all__ = [
     "resize_logits_to",
     "jaccard_lower_bound",
     "dice_jaccard_consistent",
+    "error_auroc",
+    "softmax_entropy",
 ]
 
 _HD_PERCENTILE = 95.0
@@ -343,3 +346,83 @@ def dice_jaccard_consistent(mean_dice: float, mean_jaccard: float, *, tol: float
         )
     low = jaccard_lower_bound(mean_dice)
     return low - tol <= float(mean_jaccard) <= float(mean_dice) + tol
+
+
+def _as_array(x: Any, name: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    if isinstance(x, np.ndarray):
+        return x
+    raise DataError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}.")
+
+
+def error_auroc(score: np.ndarray | torch.Tensor, pred: np.ndarray | torch.Tensor,
+                target: np.ndarray | torch.Tensor) -> float:
+    """How well ``score`` (higher = more uncertain) separates wrongly from rightly classified pixels: AUROC.
+
+    The probability that a random wrong pixel (``pred != target``) has a higher score than a random right one,
+    ties counting one half. Computed by ranks: with all pixels ranked by score (ties given their average rank),
+    ``AUROC = (R_wrong - n_wrong (n_wrong + 1) / 2) / (n_wrong * n_right)``, i.e. the Mann-Whitney ``U`` of the
+    wrong pixels over ``n_wrong * n_right``, in float64. 1 = every error scores above every right pixel, 0.5 =
+    no better than chance.
+
+    Shape:
+        ``score``, ``pred``, ``target``: the same shape (any; e.g. ``[H, W]`` or ``[D, H, W]`` at the label's
+        native resolution). ``pred`` and ``target`` hold integer labels.
+
+    Returns:
+        The AUROC in [0, 1]; NaN when there is no wrong or no right pixel (undefined; :func:`summarize` leaves
+        NaN out of the means).
+
+    Raises:
+        DataError: mismatched shapes, an empty input, float labels, or a non-finite or non-numeric score.
+    """
+    s = _as_array(score, "score")
+    p = _as_label_tensor(pred, "pred").cpu().numpy()
+    t = _as_label_tensor(target, "target").cpu().numpy()
+    if not (s.shape == p.shape == t.shape) or s.size == 0:
+        raise DataError(
+            f"score, pred and target must have the same non-empty shape, got {s.shape}, {p.shape} and {t.shape}; "
+            "resize the score map to the label's native size first."
+        )
+    if s.dtype == bool or not np.issubdtype(s.dtype, np.number) or np.iscomplexobj(s):
+        raise DataError(f"score must hold real numbers, got dtype {s.dtype}.")
+    s = s.astype(np.float64).reshape(-1)
+    if not np.isfinite(s).all():
+        raise DataError("score holds NaN or infinite values; an uncertainty map must be finite everywhere.")
+    wrong = (p != t).reshape(-1)
+    n_wrong = int(wrong.sum())
+    n_right = wrong.size - n_wrong
+    if n_wrong == 0 or n_right == 0:
+        return math.nan
+    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
+    # the k-th distinct value (ascending) occupies ranks end_k - count_k + 1 .. end_k: its average rank
+    ends = np.cumsum(counts, dtype=np.float64)
+    average_rank = ends - (counts - 1) / 2.0
+    rank_sum = float(average_rank[inverse.reshape(-1)][wrong].sum())
+    u = rank_sum - n_wrong * (n_wrong + 1) / 2.0
+    return float(u / (float(n_wrong) * float(n_right)))
+
+
+def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Normalised softmax entropy of class logits: ``-sum_k p_k ln p_k / ln K`` in [0, 1] (1 = uniform).
+
+    The reference uncertainty any segmentation model has (the same formula as a UAFS head's ``H``, through
+    :func:`dragsaw.uafs.entropy_map`).
+
+    Shape:
+        ``logits``: ``[B, K, *S]`` with ``K >= 2``; returns ``[B, 1, *S]`` of the same dtype (computed in float32
+        or better).
+
+    Raises:
+        DataError: ``logits`` is not a floating tensor with a batch axis, ``K >= 2`` classes and a spatial axis.
+    """
+    if not isinstance(logits, torch.Tensor) or not logits.dtype.is_floating_point or logits.ndim < 3 \
+            or logits.shape[1] < 2:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise DataError(
+            f"logits must be a floating tensor [B, K, *S] with K >= 2 classes, got {shape}"
+            + (f" of dtype {logits.dtype}" if isinstance(logits, torch.Tensor) else "")
+            + "; pass the network's class scores before the arg-max."
+        )
+    return entropy_map(logits)

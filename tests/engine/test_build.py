@@ -89,3 +89,96 @@ def test_channels_last_task_computes_the_same_step_as_channels_first(dims):
     for (name, a), (_, b) in zip(first.named_parameters(), last.named_parameters()):
         scale = a.grad.abs().max().item()  # relative to the tensor's largest gradient, like the failure reported
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-8, atol=1e-9 * max(scale, 1e-12), msg=name)
+
+
+# ---------------------------------------------------------------- taps on any submodule (probed channels and stride)
+def test_undeclared_layer_gets_channels_and_stride_from_a_probe():
+    net = build_network(cfg("data.input_size=[64, 48]", "pdcr.layers={encoder.1: encoder, encoder.3: encoder}",
+                            "pdcr.encoder_samples=[16, 8]"), in_channels=3)
+    taps = {t.name: t for t in net.taps}
+    assert "encoder.3" not in {t.name for t in net.model.pdcr_taps()}  # not declared by the host
+    assert (taps["encoder.3"].channels, taps["encoder.3"].stride, taps["encoder.3"].role) == (32, (8, 8), "encoder")
+    assert (taps["encoder.1"].channels, taps["encoder.1"].stride) == (8, (2, 2))  # declared: unchanged
+    # the UAFS block after decoder.0 (a name that exists only once UAFS is inserted): channels[2], stride 4
+    uafs = build_network(cfg("data.input_size=[64, 64]", "pdcr.layers={decoder.0.1: decoder}"), in_channels=1)
+    assert (uafs.taps[0].channels, uafs.taps[0].stride) == (16, (4, 4))
+    # no hook left behind, every module back in training mode
+    assert all(not m._forward_hooks for m in net.model.modules())
+    assert all(m.training for m in net.model.modules())
+
+
+def test_probe_restores_modes_and_leaves_the_state_untouched():
+    from dragsaw.engine.build import probe_taps
+
+    model = build_network(cfg("uafs.enabled=false"), in_channels=2).model
+    model.get_submodule("encoder.1").eval()  # mixed modes must come back as they were
+    modes = {n: m.training for n, m in model.named_modules()}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    found = probe_taps(model, ["encoder.2", "decoder.2"], 2, [40, 24])
+    assert found == {"encoder.2": (16, (4, 4)), "decoder.2": (4, (1, 1))}
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    for key, value in model.state_dict().items():  # eval mode: batch-norm statistics not updated by the probe
+        assert torch.equal(value, state[key]), key
+    assert all(not m._forward_hooks for m in model.modules())
+    with pytest.raises(ConfigError, match=r"did not run on an input \[1, 3, \*data.input_size=\[40, 24\]\]"):
+        probe_taps(model, ["encoder.2"], 3, [40, 24])  # the model takes 2 channels
+    assert all(not m._forward_hooks for m in model.modules())
+    assert {n: m.training for n, m in model.named_modules()} == modes
+
+
+def test_training_step_with_probed_layers_and_their_cross_term():
+    from dragsaw.engine import SegmentationTask
+
+    config = cfg("data.input_size=[64, 64]", "pdcr.layers={encoder.2: encoder, encoder.3: encoder}",
+                 "pdcr.cross_layers=[[encoder.2, encoder.3]]", "pdcr.encoder_samples=[16, 16]",
+                 "pdcr.cross_samples=8")
+    torch.manual_seed(0)
+    task = SegmentationTask.from_config(config, in_channels=1)
+    assert task.strides == {"encoder.2": (4, 4), "encoder.3": (8, 8)}
+    logged = {}
+    task.log_dict = lambda logs, **k: logged.update(logs)
+    task.log = lambda *a, **k: None
+    batch = {"image": torch.randn(2, 1, 64, 64), "label": torch.randint(0, 2, (2, 64, 64))}
+    task.training_step(batch, 0)
+    keys = {"train/pdcr/layer/encoder.2", "train/pdcr/layer/encoder.3", "train/pdcr/cross/encoder.2~encoder.3"}
+    assert {k for k in logged if k.startswith("train/pdcr/")} == keys
+    # the same terms with strides inferred from the shapes (64 / 8), not from the probe
+    with FeatureTaps(task.model, ["encoder.2", "encoder.3"]) as taps:
+        task.model(batch["image"])
+        ref = task.pdcr(taps.pop(), batch["label"])
+    for key in keys:
+        torch.testing.assert_close(logged[key], ref.terms[key[len("train/pdcr/"):]])
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        # 60 -> 30 -> 15 -> 8 cells: 60 / 8 is no whole stride
+        (["data.input_size=[60, 64]", "pdcr.layers={encoder.3: encoder}"],
+         r"'encoder.3', whose map size \[8, 8\] does not divide data.input_size \[60, 64\]"),
+        (["pdcr.layers={encoder.33: encoder}"], r"not a submodule of unet. Did you mean \[.*'encoder.3'"),
+        (["pdcr.layers={encoder.3: middle}"], r"pdcr.layers\['encoder.3'\] must be one of \['encoder', 'decoder'\]"),
+    ],
+)
+def test_probe_errors(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        build_network(cfg(*overrides), in_channels=1)
+
+
+def test_mlp_embedding_builds_a_head_per_tap_and_no_cross_projections():
+    net = build_network(cfg("pdcr.embedding=mlp", "pdcr.projection_dim=6"), in_channels=1)
+    assert net.pdcr.embedding == "mlp" and len(net.pdcr.projections) == 0
+    channels = {t.name: t.channels for t in net.taps}
+    assert set(net.pdcr.heads) == {n.replace(".", "__") for n in channels}
+    for name, c in channels.items():
+        head = net.pdcr.heads[name.replace(".", "__")]
+        assert (head[0].in_features, head[0].out_features, head[2].out_features) == (c, c, 6)
+
+
+def test_mlp_heads_are_optimised_with_the_network():
+    from dragsaw.engine import SegmentationTask
+
+    task = SegmentationTask.from_config(cfg("pdcr.embedding=mlp", "data.input_size=[32, 32]"), in_channels=1)
+    optimised = {id(p) for group in task.configure_optimizers()["optimizer"].param_groups for p in group["params"]}
+    heads = list(task.pdcr.heads.parameters())
+    assert heads and all(id(p) in optimised for p in heads)

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..models import TapSpec, create_model
+from ..models.base import ROLES
 from ..pdcr import PatchDragsawLoss
-from ..taps import insert_after, list_tappable
+from ..taps import FeatureTaps, insert_after, list_tappable
 from ..uafs import UncertaintySelect
 
-__all__ = ["Network", "build_network"]
+__all__ = ["Network", "build_network", "probe_taps"]
 
 
 @dataclass
@@ -45,25 +49,93 @@ def _pick(values: list[int], index: int) -> int:
     return int(values[min(index, len(values) - 1)])
 
 
-def _select_taps(model: nn.Module, config: RunConfig) -> list[TapSpec]:
+def probe_taps(
+    model: nn.Module, names: list[str], in_channels: int, input_size: Sequence[int]
+) -> dict[str, tuple[int, tuple[int, ...]]]:
+    """Channels and per-axis stride of the submodules ``names`` from one probe forward.
+
+    The model runs once on zeros ``[1, in_channels, *input_size]`` without gradients, in eval mode (so no
+    batch-norm statistics change); every submodule's train/eval mode is restored and the hooks are removed
+    afterwards. A tapped output ``[1, C, *g]`` gives ``C`` channels and the stride ``input_size / g`` per axis.
+
+    Args:
+        model: the host (with any UAFS blocks already inserted).
+        names: qualified submodule names (see :func:`dragsaw.taps.list_tappable`).
+        in_channels: channels of the input images.
+        input_size: the spatial input size ``S`` (``data.input_size``), one entry per spatial axis.
+
+    Returns:
+        name -> ``(channels, stride)``, ``stride`` a tuple of ints with ``len(input_size)`` entries.
+
+    Raises:
+        ConfigError: the forward fails at this input size, a layer is not called or returns no
+            ``[B, C, *g]`` map, or a map size does not divide the input size exactly on some axis.
+    """
+    size = tuple(int(v) for v in input_size)
+    first = next(model.parameters(), None)
+    kwargs = {"dtype": first.dtype, "device": first.device} if first is not None else {}
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad(), FeatureTaps(model, names) as taps:
+            try:
+                model(torch.zeros(1, in_channels, *size, **kwargs))
+            except Exception as exc:  # any failure of the probe is a configuration problem: report it as one
+                raise ConfigError(
+                    f"pdcr.layers: probing the channels and strides of {names} failed: the model did not run on an "
+                    f"input [1, {in_channels}, *data.input_size={list(size)}] ({exc}). Check data.input_size."
+                ) from exc
+            features = dict(taps.features)
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+    found = {}
+    for name in names:
+        if name not in features:
+            raise ConfigError(
+                f"pdcr.layers names {name!r}, which the model's forward never calls; tap a submodule that runs."
+            )
+        feat = features[name]
+        if feat.ndim != len(size) + 2:
+            raise ConfigError(
+                f"pdcr.layers names {name!r}, whose output has shape {tuple(feat.shape)}, not a [B, C, *map] feature "
+                f"map with {len(size)} spatial axes; tap a convolutional stage."
+            )
+        grid = tuple(feat.shape[2:])
+        if any(g > s or s % g for s, g in zip(size, grid)):
+            near = [max(1, round(s / g)) for s, g in zip(size, grid)]
+            raise ConfigError(
+                f"pdcr.layers names {name!r}, whose map size {list(grid)} does not divide data.input_size "
+                f"{list(size)} exactly on every axis, so its stride (input size / map size) is not a whole number. "
+                f"Use an input size that is a multiple of the layer's downsampling (about {near} per axis) or "
+                "tap another layer."
+            )
+        found[name] = (int(feat.shape[1]), tuple(s // g for s, g in zip(size, grid)))
+    return found
+
+
+def _select_taps(model: nn.Module, config: RunConfig, in_channels: int) -> list[TapSpec]:
+    """The PDCR taps: the host's declared ones, or ``pdcr.layers`` (declared or probed with :func:`probe_taps`)."""
     defaults = {t.name: t for t in model.pdcr_taps()}
     if config.pdcr.layers is None:
         return list(defaults.values())
+    valid = list_tappable(model)
+    for name, role in config.pdcr.layers.items():
+        if role not in ROLES:
+            raise ConfigError(f"pdcr.layers[{name!r}] must be one of {list(ROLES)} (the role), got {role!r}.")
+        if name not in defaults and name not in valid:
+            close = difflib.get_close_matches(str(name), valid, n=3, cutoff=0.5)
+            hint = f" Did you mean {close}?" if close else ""
+            raise ConfigError(
+                f"pdcr.layers names {name!r}, which is not a submodule of {config.model.name}.{hint} The host's "
+                f"default taps are {sorted(defaults)} (all names: dragsaw.taps.list_tappable(model))."
+            )
+    undeclared = [n for n in config.pdcr.layers if n not in defaults]
+    probed = probe_taps(model, undeclared, in_channels, config.data.input_size) if undeclared else {}
     taps = []
     for name, role in config.pdcr.layers.items():
-        if name in defaults:
-            taps.append(TapSpec(name, defaults[name].channels, defaults[name].stride, role))
-            continue
-        valid = set(list_tappable(model))
-        if name not in valid:
-            raise ConfigError(
-                f"pdcr.layers names {name!r}, which is not a submodule of {config.model.name}; the host's default "
-                f"taps are {sorted(defaults)} (all names: dragsaw.taps.list_tappable(model))."
-            )
-        raise ConfigError(
-            f"pdcr.layers names {name!r}, whose channels and stride the host does not declare; tap one of "
-            f"{sorted(defaults)} or describe it in the host's pdcr_taps()."
-        )
+        channels, stride = (defaults[name].channels, defaults[name].stride) if name in defaults else probed[name]
+        taps.append(TapSpec(name, channels, stride, role))
     return taps
 
 
@@ -88,8 +160,6 @@ def build_network(config: RunConfig, in_channels: int) -> Network:
     model = create_model(
         mc.name, spatial_dims=mc.spatial_dims, in_channels=in_channels, num_classes=config.data.num_classes, **options
     )
-    taps = _select_taps(model, config) if pc.enabled else []
-
     points: list[str] = []
     if uc.enabled:
         declared = dict(model.uafs_points())
@@ -102,11 +172,13 @@ def build_network(config: RunConfig, in_channels: int) -> Network:
                 )
             block = UncertaintySelect(
                 declared[name], spatial_dims=mc.spatial_dims, branches=uc.branches, kernel_size=uc.kernel_size,
-                hidden=uc.hidden,
+                hidden=uc.hidden, init_scale=uc.init_scale,
             )
             insert_after(model, name, block)
             points.append(name)
 
+    # after the UAFS insertion: tap names (and probed shapes) refer to the final model
+    taps = _select_taps(model, config, in_channels) if pc.enabled else []
     pdcr = None
     if taps:
         encoder = [t for t in taps if t.role == "encoder"]
@@ -127,6 +199,6 @@ def build_network(config: RunConfig, in_channels: int) -> Network:
             config.data.num_classes, weights, spatial_dims=mc.spatial_dims, samples=samples,
             patch_sizes=pc.patch_sizes, cross_layers=cross, in_channels=channels, cross_weight=pc.cross_weight,
             cross_samples=pc.cross_samples, projection_dim=pc.projection_dim, temperature=pc.temperature,
-            sampling=pc.sampling, border=pc.border, orientation=pc.orientation,
+            sampling=pc.sampling, border=pc.border, orientation=pc.orientation, embedding=pc.embedding,
         )
     return Network(model=model, pdcr=pdcr, taps=taps, uafs_points=points)

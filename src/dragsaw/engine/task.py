@@ -16,13 +16,42 @@ from ..errors import DragsawError
 from ..inference import InferenceSettings, infer
 from ..metrics import case_metrics, resize_logits_to, summarize
 from ..taps import FeatureTaps
+from ..uafs import UncertaintySelect, uafs_aux_loss
 from .build import build_network
 
-__all__ = ["SegmentationTask", "NonFiniteLossError", "warmup_cosine"]
+__all__ = ["SegmentationTask", "NonFiniteLossError", "ramp_factor", "warmup_cosine"]
 
 
 class NonFiniteLossError(DragsawError):
     """The training loss became NaN or infinite."""
+
+
+def ramp_factor(step: int, ramp_steps: float) -> float:
+    """PDCR weight multiplier ``min(1, step / ramp_steps)``: 0 at step 0, linear up to 1 at ``ramp_steps``, then 1.
+
+    Args:
+        step: the global optimizer step (an int >= 0).
+        ramp_steps: length of the ramp in steps (``pdcr.ramp_epochs * steps_per_epoch``), a finite number
+            >= 0; 0 disables the ramp (1 from step 0, the paper's form).
+
+    Returns:
+        A float in ``[0, 1]``.
+
+    Raises:
+        ValueError: a negative or non-integer step, or a negative or non-finite ``ramp_steps``.
+    """
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"ramp_factor: step must be an int >= 0 (the global step), got {step!r}.")
+    if isinstance(ramp_steps, bool) or not isinstance(ramp_steps, (int, float)) or not (
+        math.isfinite(ramp_steps) and ramp_steps >= 0
+    ):
+        raise ValueError(
+            f"ramp_factor: ramp_steps must be a finite number >= 0 (0 = no ramp), got {ramp_steps!r}; set "
+            "pdcr.ramp_epochs >= 0."
+        )
+    if ramp_steps == 0:
+        return 1.0
+    return min(1.0, step / ramp_steps)
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -143,19 +172,51 @@ class SegmentationTask(L.LightningModule):
             total = total + weight * loss
         return total / sum(weights)
 
+    def _forward_keeping_head_logits(self, images: torch.Tensor):
+        """The host's output and, with ``uafs.aux_weight > 0``, the logits of every UAFS head that ran.
+
+        The blocks keep their logits only during this forward; the references are taken and cleared here, so
+        nothing stays attached to the blocks (validation and inference never keep them).
+        """
+        uc = self.config.uafs
+        blocks = [m for m in self.model.modules() if isinstance(m, UncertaintySelect)] if uc.aux_weight > 0 else []
+        for block in blocks:
+            block.keep_logits, block.last_logits = True, None
+        try:
+            output = self.model(images)
+        finally:
+            for block in blocks:
+                block.keep_logits = False
+        head_logits = [block.last_logits for block in blocks if block.last_logits is not None]
+        for block in blocks:
+            block.last_logits = None
+        if blocks and not head_logits:
+            raise DragsawError(
+                f"uafs.aux_weight={uc.aux_weight} but none of the {len(blocks)} UAFS blocks ran in the forward; check "
+                "uafs.points or set uafs.aux_weight=0."
+            )
+        return output, head_logits
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         self._ensure_taps()
         images, labels = batch["image"], batch["label"]
-        output = self.model(images)
+        output, head_logits = self._forward_keeping_head_logits(images)
         features = self._taps.pop() if self._taps is not None else {}
         seg = self.segmentation_loss(output, labels)
         loss = seg
         logs = {"train/seg": seg.detach()}
         if self.pdcr is not None:
             result = self.pdcr(features, labels, self.strides)
-            loss = loss + result.total
-            logs["train/pdcr"] = result.total.detach()
+            per_epoch = max(1, int(self.hparams.steps_per_epoch))
+            ramp = ramp_factor(int(self.global_step), self.config.pdcr.ramp_epochs * per_epoch)
+            loss = loss + ramp * result.total
+            logs["train/pdcr"] = result.total.detach()  # before the ramp: comparable across ramp settings
+            logs["train/pdcr_ramp"] = ramp
             logs.update({f"train/pdcr/{k}": v for k, v in result.terms.items()})
+        if head_logits:
+            aux = uafs_aux_loss(head_logits, labels)
+            loss = loss + self.config.uafs.aux_weight * aux
+            logs["train/uafs_aux"] = aux.detach()
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"the training loss became {loss.item()} at global step {self.global_step} (epoch "

@@ -46,6 +46,14 @@ def _key(name: str) -> str:
     return name.replace(".", "__")
 
 
+EMBEDDINGS = ("feature", "mlp")
+
+
+def _mlp_head(channels: int, out_dim: int) -> nn.Sequential:
+    """``Linear(C, C) -> ReLU -> Linear(C, out_dim)``: maps sampled vectors ``[..., C]`` to ``[..., out_dim]``."""
+    return nn.Sequential(nn.Linear(channels, channels), nn.ReLU(), nn.Linear(channels, out_dim))
+
+
 class PatchDragsawLoss(nn.Module):
     """Patch-dragsaw contrastive regularisation over tapped hidden feature maps.
 
@@ -54,6 +62,13 @@ class PatchDragsawLoss(nn.Module):
     and adds ``weight * dragsaw_loss`` (in-layer). Cross-layer terms compare the sampled vectors of two layers
     after learnable linear (1x1) projections to a common dimension, each with the compositions of its own
     patches. Works for 1D/2D/3D maps, any batch size and device; the projections are registered parameters.
+
+    ``embedding="mlp"`` passes the sampled vectors ``[B, N, C]`` of every tapped layer through a projection head
+    ``Linear(C, C) -> ReLU -> Linear(C, projection_dim)`` (one per layer, as in supervised contrastive learning)
+    before any similarity: tapped features usually follow a ReLU, so their cosines are >= 0 and the push target
+    ``cos = -1`` is out of reach, while the head's output can point anywhere. Cross-layer terms then compare the
+    two layers' head outputs (no separate cross projections are created). ``"feature"`` (default) is the paper's
+    form: cosines of the raw sampled vectors.
 
     Args:
         num_classes: ``K``, background included.
@@ -65,16 +80,19 @@ class PatchDragsawLoss(nn.Module):
         receptive_fields: for ``patch_sizes="rf"``: layer name -> receptive field size (int or per-axis), e.g.
             from :func:`dragsaw.taps.receptive_field`.
         cross_layers: pairs ``(p, q)`` of layer names for cross-layer terms.
-        in_channels: layer name -> channels, required for every layer in ``cross_layers``.
+        in_channels: layer name -> channels, required for every layer in ``cross_layers`` (and for every tapped
+            layer with ``embedding="mlp"``).
         cross_weight: weight of each cross-layer term.
         cross_samples: ``N`` per layer in cross-layer terms.
-        projection_dim: common dimension of the cross-layer projections.
+        projection_dim: common dimension of the cross-layer projections (and output size of the MLP heads).
         temperature: ``T``.
         sampling: ``"grid"`` (fixed evenly spaced lattice) or ``"random"`` (new locations per image and call).
         border: cells cropped on every side before sampling (int, per-axis tuple, or mapping name -> either);
             ``None`` uses min(9, grid // 8) per axis.
         ignore_index: label value left out of every composition.
         orientation: ``"intended"`` or ``"reference-2d"`` (see :func:`dragsaw_loss`).
+        embedding: ``"feature"`` (raw sampled vectors, the paper's form) or ``"mlp"`` (a projection head per
+            tapped layer, see above).
 
     Call: ``loss(features, labels, strides=None) -> PDCROutput``; ``features`` maps layer names to
     ``[B, C, *g]`` maps, ``labels`` is ``[B, *S]`` (or ``[B, 1, *S]``) int, ``strides`` maps names to per-axis
@@ -100,6 +118,7 @@ class PatchDragsawLoss(nn.Module):
         border: Axes | Mapping[str, Axes] | None = None,
         ignore_index: int | None = None,
         orientation: str = "intended",
+        embedding: str = "feature",
     ) -> None:
         super().__init__()
         self.spatial_dims = check_spatial_dims(spatial_dims)
@@ -122,7 +141,10 @@ class PatchDragsawLoss(nn.Module):
             raise ValueError(f"orientation must be one of {ORIENTATIONS}, got {orientation!r}.")
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}.")
+        if embedding not in EMBEDDINGS:
+            raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}.")
         self.sampling, self.orientation, self.temperature = sampling, orientation, float(temperature)
+        self.embedding = embedding
         self.ignore_index = ignore_index
         self.cross_weight = float(cross_weight)
         self.samples = self._per_layer(samples, "samples", self.layer_weights)
@@ -150,14 +172,34 @@ class PatchDragsawLoss(nn.Module):
             self.patches = {n: series for n in self.tapped}
 
         cross_names = list(dict.fromkeys(n for pair in self.cross_layers for n in pair))
+        if embedding == "mlp":
+            missing = [n for n in self.tapped if n not in (in_channels or {})]
+            if missing:
+                raise ValueError(
+                    f"embedding='mlp' needs the channel count of every tapped layer for its projection head; "
+                    f"in_channels lacks {missing}. Pass in_channels={{name: C, ...}} or use embedding='feature'."
+                )
         missing = [n for n in cross_names if n not in (in_channels or {})]
         if missing:
             raise ValueError(
                 f"cross_layers need the channel count of each layer for their projections; in_channels lacks "
                 f"{missing}. Pass in_channels={{name: C, ...}}."
             )
+        headed = self.tapped if embedding == "mlp" else cross_names
+        if headed and (not is_int(projection_dim) or projection_dim < 1):
+            raise ValueError(f"projection_dim must be an int >= 1, got {projection_dim!r}.")
+        self.in_channels = {}  # channels of every layer with a head or projection, checked against the features
+        for n in headed:
+            c = in_channels[n]
+            if not is_int(c) or c < 1:
+                raise ValueError(f"in_channels[{n!r}] must be an int >= 1 (the layer's channels), got {c!r}.")
+            self.in_channels[n] = int(c)
+        # "mlp": a head per tapped layer, also used by cross-layer terms; "feature": linear cross projections only
+        self.heads = nn.ModuleDict(
+            {_key(n): _mlp_head(self.in_channels[n], projection_dim) for n in self.tapped} if embedding == "mlp" else {}
+        )
         self.projections = nn.ModuleDict(
-            {_key(n): nn.Linear(int(in_channels[n]), projection_dim) for n in cross_names}
+            {} if embedding == "mlp" else {_key(n): nn.Linear(self.in_channels[n], projection_dim) for n in cross_names}
         )
 
     @staticmethod
@@ -267,6 +309,11 @@ class PatchDragsawLoss(nn.Module):
             if not isinstance(feat, torch.Tensor) or feat.ndim != d + 2:
                 shape = tuple(feat.shape) if isinstance(feat, torch.Tensor) else type(feat).__name__
                 raise ValueError(f"feature {name!r} must be [B, C, *g] with {d} spatial axes, got {shape}.")
+            if name in self.in_channels and feat.shape[1] != self.in_channels[name]:
+                raise ValueError(
+                    f"feature {name!r} has {feat.shape[1]} channels but its projection was built for "
+                    f"in_channels[{name!r}]={self.in_channels[name]}; pass the layer's true channel count."
+                )
             if feat.shape[0] != labels.shape[0]:
                 raise ValueError(
                     f"feature {name!r} has batch size {feat.shape[0]} but labels have {labels.shape[0]}; pass the "
@@ -292,6 +339,9 @@ class PatchDragsawLoss(nn.Module):
         vectors = {}
         for name, chunks in wanted.items():
             emb = self._gather(features[name], torch.cat(chunks, 1) if len(chunks) > 1 else chunks[0])
+            if self.embedding == "mlp":  # the head on the sampled vectors only: [B, N, C] -> [B, N, projection_dim]
+                head = self.heads[_key(name)]
+                emb = head(emb.to(head[0].weight.dtype))
             vectors[name] = list(emb.split([c.shape[1] for c in chunks], 1))
 
         # in-layer terms: layers with the same number of samples and patch sizes share one batched loss
@@ -313,8 +363,9 @@ class PatchDragsawLoss(nn.Module):
         terms = {f"layer/{name}": terms[f"layer/{name}"] for name in self.layer_weights}  # the layers' order
         for (p, q), (pos_p, pos_q) in zip(self.cross_layers, cross_pos):
             emb_p, emb_q = vectors[p].pop(0), vectors[q].pop(0)
-            emb_p = self.projections[_key(p)](emb_p.to(self.projections[_key(p)].weight.dtype))
-            emb_q = self.projections[_key(q)](emb_q.to(self.projections[_key(q)].weight.dtype))
+            if self.embedding == "feature":  # "mlp": the heads already map both layers to projection_dim
+                emb_p = self.projections[_key(p)](emb_p.to(self.projections[_key(p)].weight.dtype))
+                emb_q = self.projections[_key(q)](emb_q.to(self.projections[_key(q)].weight.dtype))
             comps_p = self._compositions(integral, p, pos_p, stride[p], cache)
             comps_q = self._compositions(integral, q, pos_q, stride[q], cache)
             loss = series_loss(emb_p, comps_p, emb_q, comps_q, self.temperature, self.orientation)
@@ -326,5 +377,5 @@ class PatchDragsawLoss(nn.Module):
         return (
             f"num_classes={self.num_classes}, layers={self.layer_weights}, cross_layers={self.cross_layers}, "
             f"samples={self.samples}, sampling={self.sampling!r}, T={self.temperature}, "
-            f"orientation={self.orientation!r}"
+            f"orientation={self.orientation!r}, embedding={self.embedding!r}"
         )
