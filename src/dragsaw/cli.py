@@ -195,6 +195,39 @@ def cmd_synth(args) -> int:
     return 0
 
 
+def cmd_benchmark(args) -> int:
+    import torch
+
+    from .benchmark import BenchmarkPlan, parse_grid, parse_variants, run_benchmark, smoke_plan
+    from .benchmark.harness import split_top_level
+
+    out = check_output_dir(args.out)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}.")
+        torch.set_num_threads(args.threads)
+    if args.smoke:
+        plan = smoke_plan(out)
+    else:
+        if not args.preset:
+            raise ConfigError("dragsaw benchmark needs --preset NAME (see `dragsaw presets`), or --smoke.")
+        try:
+            fractions = [float(v) for v in split_top_level(args.fractions)]
+        except ValueError as exc:
+            raise ConfigError(f"--fractions must be numbers separated by commas, e.g. 1,0.25; got {args.fractions!r}."
+                              ) from exc
+        if args.seeds < 1:
+            raise ConfigError(f"--seeds must be >= 1 (seeds 0..N-1), got {args.seeds}.")
+        plan = BenchmarkPlan(
+            preset=args.preset, profile=args.profile, data_root=args.data_root, extra_root=args.extra_root,
+            overrides=list(args.set or []), variants=parse_variants(args.variants, args.variant),
+            fractions=fractions, seeds=list(range(args.seeds)), grid=parse_grid(args.grid),
+            eval_splits=tuple(s.strip() for s in args.splits.split(",") if s.strip()),
+        )
+    run_benchmark(plan, out, progress=args.progress, command="dragsaw " + " ".join(sys.argv[1:]))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -248,6 +281,24 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--strict", action="store_true", help="exit 1 when there are warnings")
     verify.add_argument("--quick", action="store_true", help="headers plus a sample (what training runs first)")
     verify.set_defaults(func=cmd_verify)
+
+    bench = sub.add_parser("benchmark", help="variants x training fractions x seeds (x grid) with paired statistics")
+    data_args(bench, required_preset=False)
+    bench.add_argument("--variants", default="baseline,pdcr,uafs,full",
+                       help="built-in variants: baseline, pdcr, uafs, full (default: all four)")
+    bench.add_argument("--variant", action="append", metavar="NAME:KEY=V;KEY=V",
+                       help="a named variant of overrides, e.g. full-ramp:full;pdcr.ramp_epochs=5 (repeatable)")
+    bench.add_argument("--fractions", default="1", help="training-data fractions, e.g. 1,0.25 (nested subsets)")
+    bench.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per variant and fraction (default 3)")
+    bench.add_argument("--grid", action="append", metavar="KEY=V1,V2",
+                       help="a config key and its values; several --grid give their cross product")
+    bench.add_argument("--splits", default="val,test",
+                       help="evaluated splits: val,test (default) or val (keeps the test set unseen while choosing)")
+    bench.add_argument("--out", required=True, help="output folder (rerun the same command to continue it)")
+    bench.add_argument("--threads", type=int, help="torch intra-op threads")
+    bench.add_argument("--progress", action="store_true", help="show each run's progress bar")
+    bench.add_argument("--smoke", action="store_true", help="a tiny benchmark on synthetic data (checks the machinery)")
+    bench.set_defaults(func=cmd_benchmark)
 
     presets = sub.add_parser("presets", help="list the presets")
     presets.set_defaults(func=cmd_presets)

@@ -24,7 +24,7 @@ from dragsaw.data.datasets2d import (
     ph2,
 )
 from dragsaw.data.io2d import check_same_size, image_channels, map_mask_values, read_case, read_image, read_mask
-from dragsaw.data.splits import cross_validation_splits, resolve_splits
+from dragsaw.data.splits import cross_validation_splits, nested_subset, resolve_splits
 from dragsaw.data.synthetic import generate, write_folder
 from dragsaw.data.transforms2d import NormalizeImage, eval_transforms, resize_transforms, train_transforms
 from dragsaw.data.decathlon import dataset_properties, decathlon
@@ -54,6 +54,7 @@ __all__ = [
     "image_channels",
     "map_mask_values",
     "check_same_size",
+    "nested_subset",
     "resolve_splits",
     "cross_validation_splits",
     "train_transforms",

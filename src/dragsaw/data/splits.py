@@ -26,7 +26,7 @@ from dragsaw.data.cases import Case
 from dragsaw._atomic import write_text_atomic
 from dragsaw.errors import ConfigError, DataError
 
-__all__ = ["cross_validation_splits", "resolve_splits", "SPLITS_FORMAT"]
+__all__ = ["cross_validation_splits", "nested_subset", "resolve_splits", "SPLITS_FORMAT"]
 
 SPLITS_FORMAT = 1
 """Version of the ``splits.json`` layout written by :func:`resolve_splits`."""
@@ -237,3 +237,35 @@ def cross_validation_splits(
             "splits": {s: [c.case_id for c in result[s]] for s in _SPLITS},
         })
     return result
+
+
+def nested_subset(cases: list[Case], fraction: float, seed: int) -> list[Case]:
+    """A seeded subset of ``fraction`` of ``cases`` (training-data experiments), nested across fractions.
+
+    The cases are sorted by ``case_id`` and permuted by ``seed``; the subset is the first ``round(fraction * n)``
+    (at least 1) of that order, returned sorted by ``case_id``. With the same ``seed`` a smaller fraction is
+    therefore always contained in a larger one (25% inside 50% inside 100%), and the result does not depend on
+    the order in which the cases were listed.
+
+    Args:
+        cases: the training cases (``n >= 1``).
+        fraction: in (0, 1]; 1 returns every case.
+        seed: the permutation's seed (an int >= 0).
+
+    Raises:
+        ConfigError: ``fraction`` outside (0, 1] or a bad seed; DataError: no cases.
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"data.train_fraction must be a number in (0, 1], got {fraction!r}; e.g. 0.25 for a quarter "
+                          "of the training cases.")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"the subset seed must be an int >= 0, got {seed!r}.")
+    if not cases:
+        raise DataError("there are no training cases to take a subset of; fix: check the dataset root")
+    ordered = sorted(cases, key=lambda c: c.case_id)
+    if fraction == 1.0:
+        return ordered
+    k = max(1, int(math.floor(fraction * len(ordered) + 0.5)))
+    order = np.random.default_rng(seed).permutation(len(ordered))
+    keep = {ordered[i].case_id for i in order[:k]}
+    return [c for c in ordered if c.case_id in keep]

@@ -12,7 +12,7 @@ from ..config import RunConfig
 from ..data import VolumeDataset, collate_eval3d, ct_statistics, dataset_properties, find_cases, worker_init_fn3d
 from ..data import cross_validation_splits, resolve_splits
 from ..errors import ConfigError
-from .datamodule import all_as_test, preflight
+from .datamodule import all_as_test, preflight, training_subset
 
 __all__ = ["VolumeData", "volume_cases"]
 
@@ -30,9 +30,11 @@ def volume_cases(config: RunConfig, splits_path: Path | None, *, verify: bool = 
     if evaluate_only:
         return all_as_test(found)
     if dc.fold is not None:
-        return cross_validation_splits(found, folds=dc.folds, fold=dc.fold, seed=dc.split_seed, path=splits_path)
-    return resolve_splits(found, val_fraction=dc.val_fraction, test_fraction=dc.test_fraction, seed=dc.split_seed,
-                          path=splits_path)
+        splits = cross_validation_splits(found, folds=dc.folds, fold=dc.fold, seed=dc.split_seed, path=splits_path)
+    else:
+        splits = resolve_splits(found, val_fraction=dc.val_fraction, test_fraction=dc.test_fraction,
+                                seed=dc.split_seed, path=splits_path)
+    return training_subset(splits, config)
 
 
 class PatchSampler(Sampler[int]):

@@ -9,11 +9,11 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ..config import RunConfig
-from ..data import SegmentationDataset, collate_eval, find_cases, resolve_splits, worker_init_fn
+from ..data import SegmentationDataset, collate_eval, find_cases, nested_subset, resolve_splits, worker_init_fn
 from ..data.verify import verify_cases
 from ..errors import ConfigError, DataError
 
-__all__ = ["EpochSampler", "SegmentationData", "all_as_test", "cases_for", "preflight"]
+__all__ = ["EpochSampler", "SegmentationData", "all_as_test", "cases_for", "preflight", "training_subset"]
 
 
 def preflight(found: dict, config: RunConfig) -> None:
@@ -34,6 +34,17 @@ def all_as_test(found: dict) -> dict:
     return {"train": [], "val": [], "test": [c for split in found.values() for c in split]}
 
 
+def training_subset(splits: dict, config: RunConfig) -> dict:
+    """``splits`` with the training cases cut to ``data.train_fraction`` (seeded by ``data.subset_seed``, else
+    ``train.seed``; nested across fractions, see :func:`dragsaw.data.nested_subset`). Validation and test cases are
+    never cut, so runs at different fractions are scored on the same cases."""
+    dc = config.data
+    if dc.train_fraction >= 1.0 or not splits.get("train"):
+        return splits
+    seed = config.train.seed if dc.subset_seed is None else dc.subset_seed
+    return {**splits, "train": nested_subset(splits["train"], dc.train_fraction, seed)}
+
+
 def cases_for(config: RunConfig, splits_path: Path | None, *, verify: bool = True, evaluate_only: bool = False):
     """Find the cases of ``config.data`` (quick-checked) and complete them to train/val/test (reusing
     ``splits_path``); with ``evaluate_only`` every case is a test case."""
@@ -48,9 +59,9 @@ def cases_for(config: RunConfig, splits_path: Path | None, *, verify: bool = Tru
         preflight(found, config)
     if evaluate_only:
         return all_as_test(found)
-    return resolve_splits(
+    return training_subset(resolve_splits(
         found, val_fraction=dc.val_fraction, test_fraction=dc.test_fraction, seed=dc.split_seed, path=splits_path
-    )
+    ), config)
 
 
 class EpochSampler(Sampler[int]):
@@ -62,8 +73,9 @@ class EpochSampler(Sampler[int]):
     uninterrupted run would.
     """
 
-    def __init__(self, dataset, seed: int, generator: torch.Generator) -> None:
+    def __init__(self, dataset, seed: int, generator: torch.Generator, num_samples: int | None = None) -> None:
         self.dataset, self.seed, self.generator = dataset, int(seed), generator
+        self.num_samples = len(dataset) if num_samples is None else int(num_samples)
         self.epoch = 0
         self.set_epoch(0)
 
@@ -74,11 +86,15 @@ class EpochSampler(Sampler[int]):
             self.dataset.reseed(self.seed * 7_919 + self.epoch)
 
     def __iter__(self):
+        """Whole permutations of the dataset, concatenated and cut to ``num_samples`` (every case once per pass)."""
         order = torch.Generator().manual_seed(self.seed * 15_485_863 + self.epoch)
-        return iter(torch.randperm(len(self.dataset), generator=order).tolist())
+        n = len(self.dataset)
+        passes = -(-self.num_samples // n)
+        indices = torch.cat([torch.randperm(n, generator=order) for _ in range(passes)])[: self.num_samples]
+        return iter(indices.tolist())
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return self.num_samples
 
 
 class SegmentationData(L.LightningDataModule):
@@ -115,15 +131,23 @@ class SegmentationData(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=tc.batch_size,
-            sampler=EpochSampler(dataset, tc.seed, generator) if train else None,
-            drop_last=train and len(dataset) > tc.batch_size,
+            sampler=EpochSampler(dataset, tc.seed, generator, self._samples_per_epoch()) if train else None,
+            drop_last=train and (tc.iterations_per_epoch is not None or len(dataset) > tc.batch_size),
             num_workers=tc.num_workers,
             collate_fn=None if train else collate_eval,
             generator=generator if train else None,
             worker_init_fn=worker_init_fn if tc.num_workers > 0 else None,
         )
 
+    def _samples_per_epoch(self) -> int | None:
+        iterations = self.config.train.iterations_per_epoch
+        return None if iterations is None else iterations * self.config.train.batch_size
+
     def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch: ``train.iterations_per_epoch`` when set (the same budget whatever the number of
+        training cases, e.g. for ``data.train_fraction`` experiments), else one pass over the training cases."""
+        if self.config.train.iterations_per_epoch is not None:
+            return self.config.train.iterations_per_epoch
         n, b = len(self.train_set), self.config.train.batch_size
         return max(1, n // b if n > b else 1)
 

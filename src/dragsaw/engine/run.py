@@ -98,6 +98,11 @@ def _setup(config: RunConfig, run_dir: Path, resume: bool, progress: bool):
     data = _data_module(config, run_dir / "splits.json")  # 3D: resolves the target spacing into config
     task = SegmentationTask.from_config(config, data.in_channels, data.steps_per_epoch())
     write_text_atomic(yaml.safe_dump(config_to_dict(config), sort_keys=False), run_dir / "config.yaml")
+    if config.data.train_fraction < 1.0 and data.train_set is not None:  # the training subset, for the record
+        dc = config.data
+        write_json_atomic({"train_fraction": dc.train_fraction,
+                           "subset_seed": config.train.seed if dc.subset_seed is None else dc.subset_seed,
+                           "cases": [c.case_id for c in data.splits["train"]]}, run_dir / "subset.json")
     has_val = "val" in data.eval_sets
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor="val/dice_fg" if has_val else None,
@@ -140,8 +145,10 @@ def _write_log(old: list[dict], new_csv: Path, target: Path) -> None:
         writer.writerows(rows)
 
 
-def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True) -> dict:
-    """Train (or resume) a run and evaluate its best checkpoint on the validation and test splits.
+def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
+          eval_splits: tuple[str, ...] = ("val", "test")) -> dict:
+    """Train (or resume) a run and evaluate its best checkpoint on ``eval_splits`` (by default the validation and
+    test splits; ``("val",)`` keeps the test split unseen, e.g. while choosing settings).
 
     Returns:
         the content of ``metrics.json``.
@@ -175,7 +182,7 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, progr
     task.to(device)
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
-    results = _evaluate_splits(task, data, ("val", "test"), device, plots)
+    results = _evaluate_splits(task, data, tuple(eval_splits), device, plots)
     if (run_dir / "csv" / "metrics.csv").is_file():
         _write_log(old_log, run_dir / "csv" / "metrics.csv", run_dir / "log.csv")
         try:
