@@ -111,3 +111,74 @@ def test_pdcr_ramp_and_embedding_defaults_are_the_papers_form():
 def test_pdcr_option_errors(override, match):
     with pytest.raises(ConfigError, match=match):
         apply_overrides(load_preset("folder"), [override])
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("train=5", r"train must be a mapping of its keys .*got 5 \(an int\)"),
+        ("data=[1, 2]", r"data must be a mapping of its keys"),
+        ("pdcr.temperature=0", r"pdcr.temperature must be a finite number > 0, got 0"),
+        ("train.precision=banana", r"train.precision must be one of \['32-true', '32', '16-mixed'"),
+        ("train.precision=32", r"train.precision must be one of .*quote numbers"),
+        ("train.accelerator=tpu", r"train.accelerator must be one of \['auto', 'cpu', 'gpu', 'cuda', 'mps'\]"),
+        ("pdcr.sampling=everywhere", r"pdcr.sampling must be one of \['grid', 'random'\]"),
+        ("pdcr.orientation=up", r"pdcr.orientation must be one of \['intended', 'reference-2d'\]"),
+        ("pdcr.encoder_samples=[]", r"pdcr.encoder_samples must not be an empty list"),
+        ("pdcr.encoder_samples=[0, 8]", r"every entry of pdcr.encoder_samples must be a finite number in \[1, 4096\]"),
+        ("pdcr.patch_sizes=rf", r"pdcr.patch_sizes must be a list of patch lengths .*RF-PDCR"),
+        ("pdcr.cross_layers=[[a]]", r"pdcr.cross_layers must be a pair of two different layer names"),
+        ("pdcr.layers={encoder.1: middle}", r"pdcr.layers\['encoder.1'\] must be one of \['encoder', 'decoder'\]"),
+        ("train.seed=-1", r"train.seed must be a finite number in \[0, 4294967295\], got -1"),
+        ("train.lr=.nan", r"train.lr must be a finite number in \(0, 1e\+06\], got nan"),
+        ("train.lr=-.inf", r"train.lr must be a finite number in \(0, 1e\+06\], got -inf"),
+        ("train.warmup_epochs=1.0e+300", r"train.warmup_epochs must be a finite number in \[0, 1e\+06\]"),
+        ("train.limit_val_batches=0", r"train.limit_val_batches must be an int >= 1 .*or a float in \(0, 1\]"),
+        ("train.class_weights=[1.0]", r"train.class_weights must hold one entry per class \(data.num_classes=2\)"),
+        ("train.class_weights=[0, 0]", r"train.class_weights must have at least one weight > 0"),
+        ("data.num_classes=1", r"data.num_classes must be a finite number in \[2, 1024\] \(background included\), got 1"),
+        ("data.class_names=[lesion]", r"data.class_names must hold one entry per class"),
+        ("data.fold=5", r"data.fold must be in 0..4 for data.folds=5"),
+        ("data.regions={wt: [7]}", r"data.regions\['wt'\] must be a non-empty list of class indices in 0..1"),
+        ("data.input_size.0=3", r"data.input_size holds \[512, 512\] \(a list\), not a mapping of keys"),
+        ("data.value_map={1: x}", r"data.value_map must be of type dict\[int, int\] \| null"),
+        ("model.options={dropout: .nan}", r"model.options.dropout must be a finite number"),
+        ("model.spatial_dims=4", r"model.spatial_dims must be a finite number in \[2, 3\]"),
+        ("uafs.hidden=100000", r"uafs.hidden must be a finite number in \[1, 4096\]"),
+        ("name=5", r"name must be a non-empty str"),
+    ],
+)
+def test_every_value_is_checked_against_its_schema(override, match):
+    with pytest.raises(ConfigError, match=match):
+        apply_overrides(load_preset("folder"), [override])
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("hello", r"must be a YAML mapping of sections .*got 'hello' \(a str\)"),
+        ("- 1\n- 2\n", r"must be a YAML mapping of sections .*\(a list\)"),
+        ("data: 5\n", r"data must be a mapping of its keys .*got 5"),
+        ("profiles: 5\n", r"profiles must map profile names to mappings"),
+        ("train: {lr: .inf}\n", r"train.lr must be a finite number in \(0, 1e\+06\], got inf"),
+    ],
+)
+def test_preset_documents_of_the_wrong_shape_are_config_errors(text, match, tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_preset(str(preset))
+
+
+def test_config_yaml_of_the_wrong_shape_or_encoding_is_a_config_error(tmp_path):
+    from dragsaw.engine.run import resume_config
+
+    for raw in ("hello", [1, 2], 5):
+        with pytest.raises(ConfigError, match="must be a mapping of sections"):
+            config_from_dict(raw, where="in x: ")
+    (tmp_path / "config.yaml").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError, match=r"config.yaml is not valid YAML"):
+        resume_config(tmp_path)
+    (tmp_path / "p.yaml").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError, match=r"cannot read preset file"):
+        load_preset(str(tmp_path / "p.yaml"))

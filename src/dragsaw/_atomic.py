@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,8 +20,35 @@ from .errors import DataError
 
 __all__ = [
     "atomic_file", "atomic_dir", "write_bytes_atomic", "write_text_atomic", "write_json_atomic",
-    "sweep_temporaries",
+    "sweep_temporaries", "current_umask",
 ]
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's file-creation mask (e.g. ``0o022``), read without changing it where the OS allows.
+
+    Linux exposes it in ``/proc/self/status``; elsewhere it is read by setting and restoring it (under a lock, so
+    concurrent callers of this function never see each other's temporary value).
+    """
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _chmod_default(path: str | Path, directory: bool) -> None:
+    """Give a ``mkstemp``/``mkdtemp`` temporary (created 0600/0700) the mode a plain ``open``/``mkdir`` would give:
+    ``0666``/``0777`` less the umask, so outputs follow the user's umask like every other file they create."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
 
 
 @contextmanager
@@ -34,6 +62,7 @@ def atomic_file(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
+        _chmod_default(tmp, directory=False)  # mkstemp makes 0600; the final file follows the umask
         yield Path(tmp)
         os.replace(tmp, path)
     finally:
@@ -76,6 +105,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
+        _chmod_default(tmp, directory=True)  # mkdtemp makes 0700; the final folder follows the umask
         yield tmp
         if out.is_dir():
             out.rmdir()  # empty (checked above); os.replace cannot replace a directory on every platform

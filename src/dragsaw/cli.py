@@ -3,18 +3,20 @@
 Every user-facing failure is printed as one paragraph (what, which file or value, how to fix) with a non-zero
 exit code; ``--debug`` shows the Python traceback instead. Exit codes: 0 success, 1 ``verify --strict`` found
 warnings only, 2 bad input (argument, path, data, configuration, output folder; also ``predict`` with some bad
-inputs), 3 an unexpected internal error (a bug: rerun with ``--debug`` and report it), 130 interrupted.
+inputs), 3 an unexpected internal error (a bug: rerun with ``--debug`` and report it), 130 interrupted (SIGINT), 143
+``train`` stopped by SIGTERM (both with ``last.ckpt`` written: continue with ``--resume``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import textwrap
 from pathlib import Path
 
-from .errors import ConfigError, DragsawError
+from .errors import ConfigError, DragsawError, InterruptedRun
 
 __all__ = ["main", "build_parser", "check_output_dir"]
 
@@ -99,28 +101,38 @@ def cmd_evaluate(args) -> int:
     from .engine import evaluate_run
 
     config = _config(args) if args.preset else None
-    if config is None and (args.data_root or args.set):
-        raise ConfigError("--data-root/--set need --preset NAME to describe the other dataset.")
+    overrides: list[str] = []
+    if config is None:  # the run's own data: --set data.root=NEW (or --data-root) says where it is now
+        overrides = list(args.set or [])
+        for key, value in (("data.root", args.data_root), ("data.extra_root", args.extra_root)):
+            if value:
+                overrides.append(f"{key}={json.dumps(str(value))}")  # JSON is YAML: any path stays one string
     if args.out or Path(args.run).is_dir():
         check_output_dir(args.out or Path(args.run) / "evaluation")
-    metrics = evaluate_run(args.run, config, out=args.out)
+    metrics = evaluate_run(args.run, config, out=args.out, overrides=overrides)
     _print_summary(metrics, Path(args.out) if args.out else Path(args.run) / "evaluation")
     return 0
 
 
 def cmd_predict(args) -> int:
     from .engine import load_task
-    from .inference import predict_files
+    from .inference import predict_files, read_predict_manifest
 
     task, _ = load_task(args.run)
     inputs: list[Path] = []
     for item in args.inputs:
         path = Path(item)
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+            try:  # the outputs of an earlier predict into this folder are not inputs
+                ours = set(read_predict_manifest(path))
+            except DragsawError:
+                ours = set()
+            files = sorted(p for p in path.iterdir()
+                           if p.is_file() and not p.name.startswith(".") and p.name not in ours)
             if not files:
-                raise ConfigError(f"input folder {str(path)!r} holds no files; give image/volume files or a folder "
-                                  "that holds them.")
+                besides = " (besides the outputs of an earlier dragsaw predict)" if ours else ""
+                raise ConfigError(f"input folder {str(path)!r} holds no files{besides}; give image/volume files or a "
+                                  "folder that holds them.")
             inputs += files
         else:
             inputs.append(path)  # a missing file is reported with the other bad inputs
@@ -137,7 +149,7 @@ def cmd_predict(args) -> int:
     written: list[Path] = []
     try:
         written, failures = predict_files(task.model, inputs, out, task.config, probabilities=args.probabilities,
-                                          in_channels=task.hparams.get("in_channels"))
+                                          in_channels=task.hparams.get("in_channels"), overwrite=args.overwrite)
     finally:
         for folder in [] if written else created:  # nothing written: leave no empty output folder behind
             if folder.is_dir() and not any(folder.iterdir()):
@@ -274,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", nargs="+", help="image files or folders")
     predict.add_argument("--out", required=True, help="output directory")
     predict.add_argument("--probabilities", action="store_true", help="3D: also write class probabilities (NIfTI)")
+    predict.add_argument("--overwrite", action="store_true",
+                         help="replace the outputs of an earlier predict into --out (only files dragsaw wrote there, "
+                              "unchanged; never an input)")
     predict.set_defaults(func=cmd_predict)
 
     verify = sub.add_parser("verify", help="check every case of a dataset; exit 0 clean, 1 warnings (--strict), 2 errors")
@@ -324,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except InterruptedRun as exc:  # a clean stop (train: SIGINT/SIGTERM): one line, not an error paragraph
+        print(f"dragsaw {args.command}: {exc}", file=sys.stderr)
+        return exc.code
     except Exception as exc:
         if args.debug:
             raise

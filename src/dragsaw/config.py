@@ -160,21 +160,39 @@ def _unknown(key: str, valid, where: str) -> ConfigError:
     return ConfigError(f"unknown config key {where}{key!r}.{hint} Valid keys: {sorted(valid)}.")
 
 
+def _kind(value: Any) -> str:
+    """A short description of a YAML value for messages: ``'hello' (a str)``, ``[1, 2] (a list)``."""
+    text = repr(value)
+    kind = {dict: "mapping", type(None): "null"}.get(type(value), type(value).__name__)
+    return f"{text[:80] + '...' if len(text) > 80 else text} ({'an' if kind[0] in 'aeiou' else 'a'} {kind})"
+
+
 def config_from_dict(raw: dict, where: str = "") -> RunConfig:
-    """Build a :class:`RunConfig` from nested dicts, rejecting unknown keys with a suggestion."""
+    """Build a :class:`RunConfig` from nested dicts, rejecting unknown keys with a suggestion.
+
+    Raises:
+        ConfigError: ``raw`` or a section (``data``, ``model``, ...) is not a mapping, an unknown key, or a value
+            of the wrong type or range (see :func:`check_config`).
+    """
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{where}the configuration must be a mapping of sections (data:, model:, pdcr:, uafs:, "
+                          f"train:), got {_kind(raw)}; fix the file or the value.")
     raw = dict(raw or {})
     raw.pop("profiles", None)
     top = {f.name for f in dataclasses.fields(RunConfig)}
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in top:
-            raise _unknown(key, top, where)
+            raise _unknown(str(key), top, where)
         if key in _SECTIONS:
             cls = _SECTIONS[key]
             names = {f.name for f in dataclasses.fields(cls)}
+            if value is not None and not isinstance(value, dict):
+                raise ConfigError(f"{where}{key} must be a mapping of its keys (e.g. {key}: {{{sorted(names)[0]}: "
+                                  f"...}}), got {_kind(value)}; valid keys: {sorted(names)}.")
             for sub in value or {}:
                 if sub not in names:
-                    raise _unknown(sub, names, f"{where}{key}.")
+                    raise _unknown(str(sub), names, f"{where}{key}.")
             kwargs[key] = cls(**(value or {}))
         else:
             kwargs[key] = value
@@ -199,14 +217,231 @@ def _matches(value: Any, hint: Any) -> bool:
     if origin is list:
         return isinstance(value, list) and all(_matches(v, args[0]) for v in value) if args else isinstance(value, list)
     if origin is dict:
+        return isinstance(value, dict) and (not args or all(_matches(k, args[0]) and _matches(v, args[1])
+                                                            for k, v in value.items()))
+    if hint is dict:
         return isinstance(value, dict)
     return isinstance(value, hint)
 
 
-PDCR_EMBEDDINGS = ("feature", "mlp")  # as dragsaw.pdcr.module.EMBEDDINGS (config does not import torch)
+def _type_name(hint: Any) -> str:
+    """``list[int] | None`` rather than ``typing.Optional[list[int]]`` or ``<class 'float'>``."""
+    if isinstance(hint, type) and not typing.get_args(hint):
+        return "null" if hint is type(None) else hint.__name__
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if hint is Any:
+        return "any value"
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    return str(hint)
 
-_POSITIVE = ("epochs", "batch_size", "lr", "devices", "val_every", "iterations_per_epoch", "sw_batch_size",
-             "max_steps")
+
+PDCR_EMBEDDINGS = ("feature", "mlp")  # as dragsaw.pdcr.module.EMBEDDINGS (config does not import torch)
+PDCR_SAMPLINGS = ("grid", "random")  # as dragsaw.pdcr.sampling.SAMPLERS
+PDCR_ORIENTATIONS = ("intended", "reference-2d")  # as dragsaw.pdcr.loss.ORIENTATIONS
+TAP_ROLES = ("encoder", "decoder")  # as dragsaw.models.base.ROLES
+PRECISIONS = ("32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true", "64-true", "64")
+"""``train.precision`` values Lightning accepts without extra packages (``Trainer(precision=...)``)."""
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+"""``train.accelerator`` values (Lightning's accelerator names available without extra packages)."""
+
+_INT_MAX = 2**31 - 1  # counts beyond this overflow C integers in PyTorch / Lightning
+_SEED_MAX = 2**32 - 1  # NumPy's seed range
+
+
+_MAGNITUDE = 1e30  # no setting needs more; beyond float32's 3.4e38 PyTorch overflows
+
+
+def _finite(value: Any) -> bool:
+    """A real number that is not NaN or infinite, of magnitude <= 1e30 (PyTorch computes in float32)."""
+    try:
+        return (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+                and abs(value) <= _MAGNITUDE)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+@dataclass(frozen=True)
+class _Range:
+    """A closed or half-open range of numbers; every bound is optional."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    note: str = ""
+
+    def holds(self, value: Any) -> bool:
+        """Whether ``value`` is a finite number inside the range."""
+        if not _finite(value):
+            return False
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
+
+    def text(self) -> str:
+        """E.g. ``a finite number > 0`` or ``in [0, 1)``."""
+        lo, hi = (v if v is None or isinstance(v, int) else f"{v:g}" for v in (self.lo, self.hi))
+        if lo is not None and hi is not None:
+            return f"a finite number in {'(' if self.lo_open else '['}{lo}, {hi}{')' if self.hi_open else ']'}"
+        if lo is not None:
+            return f"a finite number {'>' if self.lo_open else '>='} {lo}"
+        if hi is not None:
+            return f"a finite number {'<' if self.hi_open else '<='} {hi}"
+        return "a finite number"
+
+
+_NON_NEGATIVE = _Range(0)
+_POSITIVE_NUMBER = _Range(0, lo_open=True)
+_SEED = _Range(0, _SEED_MAX)
+
+_RANGES: dict[str, _Range] = {
+    # value, or every element of a list-valued key
+    "data.num_classes": _Range(2, 1024, note="background included"),
+    "data.input_size": _Range(1, 16384, note="pixels or voxels per axis"),
+    "data.val_fraction": _Range(0, 1, hi_open=True),
+    "data.test_fraction": _Range(0, 1, hi_open=True),
+    "data.split_seed": _SEED,
+    "data.mean": _Range(),
+    "data.std": _POSITIVE_NUMBER,
+    "data.folds": _Range(2, 1000),
+    "data.fold": _Range(0, 999),
+    "data.target_spacing": _POSITIVE_NUMBER,
+    "data.subset_seed": _SEED,
+    "model.spatial_dims": _Range(2, 3),
+    "pdcr.encoder_weight": _NON_NEGATIVE,
+    "pdcr.decoder_weight": _NON_NEGATIVE,
+    "pdcr.cross_weight": _NON_NEGATIVE,
+    "pdcr.encoder_samples": _Range(1, 4096, note="sampled locations per layer"),
+    "pdcr.decoder_samples": _Range(1, 4096, note="sampled locations per layer"),
+    "pdcr.cross_samples": _Range(1, 4096),
+    "pdcr.patch_sizes": _Range(1, 1025, note="patch lengths in input pixels, e.g. [5, 7, 9]"),
+    "pdcr.temperature": _POSITIVE_NUMBER,
+    "pdcr.border": _Range(0, 1024),
+    "pdcr.projection_dim": _Range(1, 4096),
+    "pdcr.ramp_epochs": _Range(0, 1e6),
+    "uafs.branches": _Range(2, 256),
+    "uafs.kernel_size": _Range(1, 31),
+    "uafs.hidden": _Range(1, 4096),
+    "train.epochs": _Range(1, _INT_MAX),
+    "train.max_steps": _Range(1, _INT_MAX),
+    "train.batch_size": _Range(1, 65536),
+    "train.lr": _Range(0, 1e6, lo_open=True),
+    "train.weight_decay": _Range(0, 1e6),
+    "train.warmup_epochs": _Range(0, 1e6),
+    "train.min_lr": _Range(0, 1e6),
+    "train.dice_weight": _NON_NEGATIVE,
+    "train.class_weights": _NON_NEGATIVE,
+    "train.devices": _Range(1, 1024),
+    "train.num_workers": _Range(0, 1024),
+    "train.seed": _SEED,
+    "train.val_every": _Range(1, _INT_MAX),
+    "train.iterations_per_epoch": _Range(1, _INT_MAX),
+    "train.sw_overlap": _Range(0, 1, hi_open=True),
+    "train.sw_batch_size": _Range(1, 4096),
+}
+_CHOICES: dict[str, tuple] = {
+    "train.precision": PRECISIONS,
+    "train.accelerator": ACCELERATORS,
+    "pdcr.sampling": PDCR_SAMPLINGS,
+    "pdcr.orientation": PDCR_ORIENTATIONS,
+    "pdcr.embedding": PDCR_EMBEDDINGS,
+}
+_NON_EMPTY = ("data.class_names", "data.mean", "data.std", "data.modalities", "pdcr.encoder_samples",
+              "pdcr.decoder_samples", "pdcr.patch_sizes", "train.class_weights")
+
+
+def _non_finite(value: Any, key: str) -> tuple[str, Any] | None:
+    """The first ``(key path, value)`` under ``value`` holding NaN, an infinity or an int too large for a float."""
+    if isinstance(value, dict):
+        return next((bad for k, v in value.items() if (bad := _non_finite(v, f"{key}.{k}"))), None)
+    if isinstance(value, list):
+        return next((bad for i, v in enumerate(value) if (bad := _non_finite(v, f"{key}[{i}]"))), None)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not _finite(value):
+        return key, value
+    return None
+
+
+def _check_ranges(config: RunConfig, where: str) -> None:
+    """The ranges of :data:`_RANGES`, the choices of :data:`_CHOICES`, non-empty lists, finite numbers everywhere
+    (also inside free-form mappings such as ``model.options``) and the relations of :func:`_check_relations`.
+
+    Raises:
+        ConfigError: naming the key, the value and the valid range or choices.
+    """
+    if not isinstance(config.name, str) or not config.name.strip():
+        raise ConfigError(f"{where}name must be a non-empty str (the run's name, default folder runs/<name>), got "
+                          f"{_kind(config.name)}.")
+    if not isinstance(config.description, str):
+        raise ConfigError(f"{where}description must be a str, got {_kind(config.description)}.")
+    for section in _SECTIONS:
+        for f in dataclasses.fields(_SECTIONS[section]):
+            key, value = f"{section}.{f.name}", getattr(getattr(config, section), f.name)
+            if value is None:
+                continue
+            if key in _NON_EMPTY and isinstance(value, list) and not value:
+                raise ConfigError(f"{where}{key} must not be an empty list; give at least one value (or null where the "
+                                  "key allows it for the default).")
+            if key in _CHOICES and value not in _CHOICES[key]:
+                raise ConfigError(f"{where}{key} must be one of {list(_CHOICES[key])}, got {_kind(value)}.")
+            rule = _RANGES.get(key)
+            if rule is not None and not isinstance(value, str):
+                for item in value if isinstance(value, list) else [value]:
+                    if not rule.holds(item):
+                        note = f" ({rule.note})" if rule.note else ""
+                        each = "every entry of " if isinstance(value, list) else ""
+                        raise ConfigError(f"{where}{each}{key} must be {rule.text()}{note}, got {_kind(value)}; fix "
+                                          "the preset, config.yaml or the --set value.")
+            bad = _non_finite(value, key)
+            if bad is not None:
+                raise ConfigError(f"{where}{bad[0]} must be a finite number of magnitude <= 1e30, got "
+                                  f"{_kind(bad[1])}; NaN, infinities and larger numbers are refused.")
+    _check_relations(config, where)
+
+
+def _check_relations(config: RunConfig, where: str) -> None:
+    """Values that must agree with each other (lengths against ``data.num_classes``, fold < folds, ...)."""
+    dc, pc, tc = config.data, config.pdcr, config.train
+    k = dc.num_classes
+    for key, value in (("data.class_names", dc.class_names), ("train.class_weights", tc.class_weights)):
+        if value is not None and len(value) != k:
+            raise ConfigError(f"{where}{key} must hold one entry per class (data.num_classes={k}), got {len(value)}: "
+                              f"{value!r}.")
+    if tc.class_weights is not None and not any(w > 0 for w in tc.class_weights):
+        raise ConfigError(f"{where}train.class_weights must have at least one weight > 0 (all zero makes the loss "
+                          f"0/0), got {tc.class_weights!r}.")
+    if dc.mean is not None and dc.std is not None and len(dc.mean) != len(dc.std):
+        raise ConfigError(f"{where}data.mean and data.std must have the same length (one value per image channel), "
+                          f"got {len(dc.mean)} and {len(dc.std)}.")
+    if dc.fold is not None and dc.fold >= dc.folds:
+        raise ConfigError(f"{where}data.fold must be in 0..{dc.folds - 1} for data.folds={dc.folds} (or null), got "
+                          f"{dc.fold}.")
+    dims = config.model.spatial_dims
+    if dc.target_spacing is not None and len(dc.target_spacing) != dims:
+        raise ConfigError(f"{where}data.target_spacing must hold {dims} spacings (one per axis of "
+                          f"model.spatial_dims={dims}) or be null, got {dc.target_spacing!r}.")
+    for name, classes in (dc.regions or {}).items():
+        if not classes or any(not 0 <= c < k for c in classes):
+            raise ConfigError(f"{where}data.regions[{name!r}] must be a non-empty list of class indices in 0..{k - 1} "
+                              f"(data.num_classes={k}), got {classes!r}.")
+    if isinstance(pc.patch_sizes, str):
+        raise ConfigError(f"{where}pdcr.patch_sizes must be a list of patch lengths in input pixels (e.g. [5, 7, 9]), "
+                          f"got {pc.patch_sizes!r}; RF-PDCR (patch_sizes='rf') needs measured receptive fields and is "
+                          "only available through the Python API (PatchDragsawLoss(..., receptive_fields=...)).")
+    for name, role in (pc.layers or {}).items():
+        if role not in TAP_ROLES:
+            raise ConfigError(f"{where}pdcr.layers[{name!r}] must be one of {list(TAP_ROLES)} (the role), got "
+                              f"{role!r}.")
+    for pair in pc.cross_layers or []:
+        if len(pair) != 2 or pair[0] == pair[1]:
+            raise ConfigError(f"{where}every entry of pdcr.cross_layers must be a pair of two different layer names, "
+                              f"e.g. [encoder.2, decoder.0], got {pair!r}.")
+    lvb = tc.limit_val_batches
+    if not (_Range(1, _INT_MAX).holds(lvb) if isinstance(lvb, int) else _Range(0, 1, lo_open=True).holds(lvb)):
+        raise ConfigError(f"{where}train.limit_val_batches must be an int >= 1 (batches) or a float in (0, 1] (a "
+                          f"fraction of the validation batches), got {_kind(lvb)}.")
 
 
 def check_config(config: RunConfig, where: str = "") -> None:
@@ -220,14 +455,14 @@ def check_config(config: RunConfig, where: str = "") -> None:
         for f in dataclasses.fields(cls):
             value = getattr(getattr(config, section), f.name)
             if not _matches(value, hints[f.name]):
-                raise ConfigError(f"{where}{section}.{f.name} must be of type {hints[f.name]}, got {value!r}; fix the "
-                                  "preset or the --set value.")
-    for key in _POSITIVE:
-        value = getattr(config.train, key)
-        if value is not None and value <= 0:
-            raise ConfigError(f"{where}train.{key} must be > 0, got {value!r}.")
+                choices = _CHOICES.get(f"{section}.{f.name}")
+                if choices is not None:
+                    raise ConfigError(f"{where}{section}.{f.name} must be one of {list(choices)} (a str: quote "
+                                      f"numbers, e.g. '32'), got {_kind(value)}.")
+                raise ConfigError(f"{where}{section}.{f.name} must be of type {_type_name(hints[f.name])}, got "
+                                  f"{_kind(value)}; fix the preset, config.yaml or the --set value.")
     pc = config.pdcr
-    if not (math.isfinite(pc.ramp_epochs) and pc.ramp_epochs >= 0):
+    if not (_finite(pc.ramp_epochs) and pc.ramp_epochs >= 0):
         raise ConfigError(f"{where}pdcr.ramp_epochs must be a finite number >= 0 (0 = full PDCR weight from the first "
                           f"step), got {pc.ramp_epochs!r}.")
     if pc.embedding not in PDCR_EMBEDDINGS:
@@ -242,18 +477,19 @@ def check_config(config: RunConfig, where: str = "") -> None:
         raise ConfigError(f"{where}data.input_size must hold {dims} sizes for model.spatial_dims={dims}, got "
                           f"{config.data.input_size!r}.")
     _check_uafs(config, where)
+    _check_ranges(config, where)
 
 
 def _check_uafs(config: RunConfig, where: str) -> None:
     """Ranges of ``uafs.init_scale`` and ``uafs.aux_weight``, and the head width the auxiliary loss needs."""
     uc = config.uafs
-    if not math.isfinite(uc.init_scale) or uc.init_scale <= 0:
+    if not _finite(uc.init_scale) or uc.init_scale <= 0:
         raise ConfigError(
             f"{where}uafs.init_scale must be a finite number > 0, got {uc.init_scale!r}: 1.0 keeps PyTorch's default "
             "init (the paper's form), e.g. 0.01 starts each block near the identity. Exactly 0 is a saddle point "
             "(uniform softmax, where the entropy's gradient vanishes): the head would never learn."
         )
-    if not math.isfinite(uc.aux_weight) or uc.aux_weight < 0:
+    if not _finite(uc.aux_weight) or uc.aux_weight < 0:
         raise ConfigError(f"{where}uafs.aux_weight must be a finite number >= 0 (0 = off), got {uc.aux_weight!r}.")
     if uc.enabled and uc.aux_weight > 0 and uc.branches != config.data.num_classes:
         raise ConfigError(
@@ -302,7 +538,11 @@ def load_preset(name: str, profile: str | None = None) -> RunConfig:
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise ConfigError(f"preset file {str(path)!r} does not exist; give a preset name ({', '.join(available_presets())}) or an existing YAML file.")
-        text, label = path.read_text(), str(path)
+        try:
+            text, label = path.read_text(encoding="utf-8"), str(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read preset file {str(path)!r} ({exc}); give a readable UTF-8 YAML file."
+                              ) from exc
     else:
         entry = _preset_dir() / f"{name}.yaml"
         if not entry.is_file():
@@ -315,10 +555,17 @@ def load_preset(name: str, profile: str | None = None) -> RunConfig:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"preset {label!r} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"preset {label!r} must be a YAML mapping of sections (data:, model:, pdcr:, uafs:, train:), "
+                          f"got {_kind(raw)}; see the built-in presets (`dragsaw presets`) for the layout.")
     profiles = raw.get("profiles") or {}
+    if not isinstance(profiles, dict) or not all(isinstance(v, dict) or v is None for v in profiles.values()):
+        raise ConfigError(f"preset {label!r}: profiles must map profile names to mappings of sections (e.g. profiles: "
+                          f"{{cpu: {{train: {{epochs: 20}}}}}}), got {_kind(profiles)}.")
     if profile is not None:
         if profile not in profiles:
-            raise ConfigError(f"preset {label!r} has no profile {profile!r}; available: {sorted(profiles) or 'none'}.")
+            raise ConfigError(f"preset {label!r} has no profile {profile!r}; available: "
+                              f"{sorted(map(str, profiles)) or 'none'}.")
         raw = _merge(raw, profiles[profile])
     raw.setdefault("name", path.stem if path.suffix else name)
     return config_from_dict(raw, where=f"in preset {label!r}: ")
@@ -343,8 +590,12 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
         node = raw
         for depth, part in enumerate(parts[:-1]):
             if not isinstance(node.get(part), dict):
-                if depth >= 1 and part not in node:  # free-form dicts such as model.options
+                if depth >= 1 and node.get(part) is None:  # free-form dicts such as model.options (or a null one)
                     node[part] = {}
+                elif part in node:
+                    where = ".".join(parts[: depth + 1])
+                    raise ConfigError(f"override {item!r}: {where} holds {_kind(node[part])}, not a mapping of keys; "
+                                      f"set it whole, e.g. --set {where}=VALUE.")
                 else:
                     raise _unknown(part, [k for k, v in node.items() if isinstance(v, dict)], "in override: ")
             node = node[part]

@@ -6,7 +6,7 @@ fix it. ``DragsawError`` subclasses are what the command line prints as one para
 
 from __future__ import annotations
 
-__all__ = ["DragsawError", "DataError", "ConfigError"]
+__all__ = ["DragsawError", "DataError", "ConfigError", "InterruptedRun", "DiskFullError"]
 
 
 class DragsawError(Exception):
@@ -19,3 +19,17 @@ class DataError(DragsawError, ValueError):
 
 class ConfigError(DragsawError, ValueError):
     """A configuration value, preset name or command-line option is invalid (names the key and the fix)."""
+
+
+class InterruptedRun(DragsawError):
+    """A run stopped by SIGINT or SIGTERM; ``code`` is the shell's exit status for that signal (130 or 143) and the
+    message says what was saved and how to continue."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class DiskFullError(DragsawError):
+    """The disk of a run's output folder is full (or would be by the first checkpoint); names the disk and its free
+    space."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,18 +20,22 @@ from monai.inferers import sliding_window_inference
 from PIL import Image
 from torch import nn
 
-from ._atomic import atomic_file
+from ._atomic import atomic_file, write_json_atomic
 from .data import (Case, SegmentationDataset, collate_eval, image_channels, preprocess_transforms, read_image,
                    to_original_geometry, write_nifti)
 from .errors import DataError, DragsawError
-from .metrics import case_metrics, error_auroc, resize_logits_to, softmax_entropy
+from .metrics import case_metrics, error_auroc, resize_logits_in_blocks, softmax_entropy
 from .report import save_overlay_png
 from .uafs import UncertaintySelect, uncertainty_maps
 
 __all__ = [
     "InferenceSettings", "infer", "record_uncertainty", "finest_uncertainty", "evaluate_loader", "predict_files",
-    "save_png_atomic",
+    "save_png_atomic", "prediction_names", "PREDICT_MANIFEST", "read_predict_manifest",
 ]
+
+PREDICT_MANIFEST = ".dragsaw-predict.json"
+"""The file in a ``predict`` output folder that lists the files dragsaw wrote there (name -> sha256, size, input);
+only these, unchanged, may be replaced by a later ``predict --overwrite``."""
 
 
 @dataclass(frozen=True)
@@ -192,14 +199,10 @@ def evaluate_loader(
                     maps = [softmax_entropy(logits[i : i + 1].float())[0, 0]] + ([] if unc is None else [unc[i, 0]])
                     mapped = to_original_geometry(torch.stack(maps).float().cpu(), meta)  # one resampling for both
                     entropy, u_native = mapped[0], (None if unc is None else mapped[1])
-                else:
-                    resized = resize_logits_to(logits[i : i + 1].float(), tuple(native.shape))
-                    pred = resized.argmax(1)[0].cpu()
+                else:  # at the native size, a band of columns at a time (never K x H x W floats at once)
                     spacing = None
-                    entropy = softmax_entropy(resized)[0, 0].cpu()
-                    u_native = None
-                    if unc is not None:
-                        u_native = resize_logits_to(unc[i : i + 1].float(), tuple(native.shape))[0, 0].clamp(0, 1).cpu()
+                    unc_i = None if unc is None else unc[i : i + 1]
+                    pred, entropy, u_native = _native_maps_2d(logits[i : i + 1], unc_i, tuple(native.shape))
                 scores = case_metrics(pred, native, num_classes, spacing=spacing, include_hd95=include_hd95)
                 # error detection: how well each uncertainty map ranks the wrong pixels above the right ones
                 scores["auroc_uafs"] = math.nan if u_native is None else error_auroc(u_native, pred, native)
@@ -211,12 +214,10 @@ def evaluate_loader(
                     if settings.spatial_dims == 3:
                         items.append(_overlay_item_3d(batch, pred_pre, None if unc is None else unc[i, 0].cpu(), case_id))
                     else:
-                        size = tuple(native.shape)
-                        u = None if unc is None else resize_logits_to(unc[i : i + 1], size)[0, 0].clamp(0, 1)
                         cases = {c.case_id: c for c in loader.dataset.cases}
                         items.append({"image": read_image(cases[case_id].image), "label": native.numpy(),
                                       "pred": pred.numpy(), "case_id": case_id,
-                                      **({"uncertainty": u.cpu().numpy()} if u is not None else {})})
+                                      **({"uncertainty": u_native} if u_native is not None else {})})
     finally:
         model.train(was_training)
     return per_case, items
@@ -229,21 +230,63 @@ def save_png_atomic(array: np.ndarray, path: Path) -> Path:
     return Path(path)
 
 
-def _write_prediction(out_dir: Path, stem: str, image: np.ndarray, probs: torch.Tensor, unc, num_classes: int):
-    pred = probs.argmax(0).numpy().astype(np.uint8)
+def _native_maps_2d(logits: torch.Tensor, unc: torch.Tensor | None, size: tuple[int, int]):
+    """Arg-max ``[H, W]`` int64, normalised softmax entropy ``[H, W]`` float32 (tensors on the CPU) and UAFS map
+    (float32 array ``[H, W]`` or ``None``) at the native ``size`` of one case (``logits`` ``[1, K, h, w]``, ``unc``
+    ``[1, 1, h, w]``).
+
+    The logits are resized band by band (:func:`dragsaw.metrics.resize_logits_in_blocks`) and each band is reduced
+    at once, so memory holds these three maps plus one band, not ``K x H x W`` floats.
+    """
+    pred = torch.empty(size, dtype=torch.int64)
+    entropy = torch.empty(size, dtype=torch.float32)
+    for cols, band in resize_logits_in_blocks(logits.float(), size):
+        pred[:, cols] = band.argmax(1)[0].cpu()
+        entropy[:, cols] = softmax_entropy(band)[0, 0].cpu()
+        del band
+    return pred, entropy, None if unc is None else _native_uncertainty(unc, size)
+
+
+def _native_uncertainty(unc: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """The UAFS map ``[1, 1, h, w]`` resized to ``size`` (bilinear, band by band) and clamped to [0, 1]: float32
+    ``[H, W]``."""
+    out = np.empty(size, dtype=np.float32)
+    for cols, band in resize_logits_in_blocks(unc.float(), size):
+        out[:, cols] = band[0, 0].clamp(0, 1).cpu().numpy()
+    return out
+
+
+def _write_prediction(out_dir: Path, stem: str, image: np.ndarray, pred: np.ndarray, probs: np.ndarray, unc,
+                      num_classes: int):
+    """``pred``: uint8 arg-max [H, W]; ``probs``: the foreground probability as uint8 [H, W] (``round(255 p)``) for
+    binary models, the class probabilities as float16 [K, H, W] otherwise; ``unc``: float [H, W] in [0, 1] or None."""
     written = [save_png_atomic(pred * 255 if num_classes == 2 else pred, out_dir / f"{stem}_mask.png")]
     if num_classes == 2:
-        prob = (probs[1].numpy() * 255).round().astype(np.uint8)
-        written.append(save_png_atomic(prob, out_dir / f"{stem}_prob.png"))
+        written.append(save_png_atomic(probs, out_dir / f"{stem}_prob.png"))
     else:
         target = out_dir / f"{stem}_probs.npy"
         with atomic_file(target) as tmp, open(tmp, "wb") as handle:
-            np.save(handle, probs.numpy().astype(np.float16))
+            np.save(handle, probs)
         written.append(target)
     if unc is not None:
-        written.append(save_png_atomic((unc.numpy() * 255).round().astype(np.uint8), out_dir / f"{stem}_uncertainty.png"))
-    written.append(save_overlay_png(image, pred, out_dir / f"{stem}_overlay.png", uncertainty=None if unc is None else unc.numpy()))
+        written.append(save_png_atomic((unc * 255).round().astype(np.uint8), out_dir / f"{stem}_uncertainty.png"))
+    step = overlay_step(pred.shape)  # a preview: large images are subsampled so the overlay costs bounded memory
+    if step > 1:
+        image = image[..., ::step, ::step]
+        pred = pred[::step, ::step]
+        unc = None if unc is None else unc[::step, ::step]
+    written.append(save_overlay_png(image, pred, out_dir / f"{stem}_overlay.png", uncertainty=unc))
     return written
+
+
+OVERLAY_MAX_SIDE = 2048
+"""The ``_overlay.png`` preview of a larger image is subsampled to at most this many pixels on its long side."""
+
+
+def overlay_step(shape: Sequence[int]) -> int:
+    """The integer subsampling step of an ``[H, W]`` image's overlay: 1 up to :data:`OVERLAY_MAX_SIDE` pixels on the
+    long side, else ``ceil(max(H, W) / OVERLAY_MAX_SIDE)`` (the mask and probability PNGs stay at full size)."""
+    return max(1, -(-max(int(v) for v in shape) // OVERLAY_MAX_SIDE))
 
 
 def _stem(path: Path) -> str:
@@ -259,12 +302,22 @@ def _predict_image(model, path: Path, out_dir: Path, config, settings: Inference
     dataset = SegmentationDataset([Case(path.stem, path, None)], num_classes=dc.num_classes,
                                   input_size=dc.input_size, train=False, cache=False, mean=dc.mean, std=dc.std)
     batch = collate_eval([dataset[0]])
-    size = batch["image_native_size"][0]
+    size = tuple(int(s) for s in batch["image_native_size"][0])
     logits, unc = infer(model, batch["image"].to(device), settings)
-    probs = torch.softmax(resize_logits_to(logits.float(), size), 1)[0].cpu()
-    unc = None if unc is None else resize_logits_to(unc, size)[0, 0].clamp(0, 1).cpu()
+    # native-size outputs made a band of columns at a time: memory holds the outputs and one band of K x H x w
+    # floats, never the whole K x H x W resized logits and their softmax
+    binary = dc.num_classes == 2
+    pred = np.empty(size, dtype=np.uint8)
+    probs = np.empty(size if binary else (logits.shape[1], *size), dtype=np.uint8 if binary else np.float16)
+    for cols, band in resize_logits_in_blocks(logits.float(), size):
+        p = torch.softmax(band, 1)[0].cpu()
+        del band
+        pred[:, cols] = p.argmax(0).numpy()  # class indices < 256, cast as .astype(np.uint8) would
+        probs[..., cols] = (p[1].numpy() * 255).round() if binary else p.numpy()  # cast to uint8 / float16
+        del p
+    unc = None if unc is None else _native_uncertainty(unc, size)
     image = read_image(path)
-    return _write_prediction(out_dir, path.stem, image, probs, unc, dc.num_classes)
+    return _write_prediction(out_dir, path.stem, image, pred, probs, unc, dc.num_classes)
 
 
 def _predict_volume(model, path: Path, out_dir: Path, config, settings: InferenceSettings, device,
@@ -315,6 +368,112 @@ def _check_input(path: Path, volume: bool, in_channels: int | None) -> None:
         )
 
 
+def prediction_names(path: str | Path, *, spatial_dims: int, num_classes: int, uncertainty: bool,
+                     probabilities: bool = False) -> list[str]:
+    """The names of the files :func:`predict_files` writes for the input ``path`` (see there for what they hold).
+
+    ``uncertainty``: the model has UAFS blocks; ``probabilities``: 3D class probabilities were asked for.
+    """
+    path = Path(path)
+    if spatial_dims == 3:
+        stem = _stem(path)
+        return [f"{stem}_seg.nii.gz", *([f"{stem}_probs.nii.gz"] if probabilities else []),
+                *([f"{stem}_uncertainty.nii.gz"] if uncertainty else [])]
+    stem = path.stem
+    return [f"{stem}_mask.png", f"{stem}_prob.png" if num_classes == 2 else f"{stem}_probs.npy",
+            *([f"{stem}_uncertainty.png"] if uncertainty else []), f"{stem}_overlay.png"]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_predict_manifest(out_dir: str | Path) -> dict[str, dict]:
+    """The files an earlier ``predict`` wrote into ``out_dir``: ``{name: {"sha256", "size", "input"}}`` ({} if none).
+
+    Raises:
+        DataError: the manifest exists but cannot be read (it is then not trusted: nothing there is replaced).
+    """
+    path = Path(out_dir) / PREDICT_MANIFEST
+    if not path.exists():
+        return {}
+    try:
+        files = json.loads(path.read_text())["files"]
+        if not isinstance(files, dict) or not all(isinstance(v, dict) for v in files.values()):
+            raise ValueError("'files' is not a mapping of file names to records")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(
+            f"{path}, the record of the files dragsaw predict wrote into {out_dir}, cannot be read ({exc}); without "
+            "it no file there can be replaced safely; fix: choose another --out folder (or restore the file)"
+        ) from exc
+    return files
+
+
+def _listing(paths: list, limit: int = 5) -> str:
+    names = [str(p) for p in paths]
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _check_out_dir(out_dir: Path, inputs: list[Path], planned: dict[str, Path], overwrite: bool) -> dict[str, dict]:
+    """Refuse (DataError) an ``out_dir`` where predicting could replace an input or a file dragsaw did not write.
+
+    Without ``overwrite``: ``out_dir`` must hold none of the inputs and none of the ``planned`` output names. With
+    ``overwrite``: only files listed, unchanged, in the manifest may be replaced, and never an input. Returns the
+    manifest.
+    """
+    if not out_dir.is_dir():
+        return {}
+    here = out_dir.resolve()
+    given = {p.resolve() for p in inputs if p.exists()} | {Path(os.path.abspath(p)) for p in inputs}
+    inside = [p for p in inputs if p.exists() and p.resolve().parent == here]
+    existing = [name for name in planned if os.path.lexists(out_dir / name)]
+    flag = "--overwrite"
+    if not overwrite:
+        if inside or existing:
+            what = []
+            if inside:
+                what.append(f"{len(inside)} of the input file(s) ({_listing(inside)})")
+            if existing:
+                what.append(f"{len(existing)} file(s) predict would write ({_listing([out_dir / n for n in existing])})")
+            raise DataError(
+                f"the output folder --out {out_dir} already holds {' and '.join(what)}; predict never replaces your "
+                f"files; fix: choose another --out (a new or empty folder), or pass {flag} to replace the outputs "
+                f"of an earlier dragsaw predict into this folder (recorded in {PREDICT_MANIFEST}; input files and "
+                "files dragsaw did not write are never replaced)"
+            )
+        return read_predict_manifest(out_dir)
+    manifest = read_predict_manifest(out_dir)
+    clash = [out_dir / n for n in existing
+             if (out_dir / n).resolve() in given or Path(os.path.abspath(out_dir / n)) in given]
+    if clash:
+        raise DataError(
+            f"predicting into --out {out_dir} would replace the input file(s) {_listing(clash)} (e.g. the ground truth "
+            f"case_mask.png next to case.png); inputs are never replaced, even with {flag}; fix: choose another --out "
+            "folder, or rename the input files"
+        )
+    foreign = [out_dir / n for n in existing if n not in manifest]
+    if foreign:
+        raise DataError(
+            f"--out {out_dir} holds {_listing(foreign)}, which predict would write but which dragsaw did not write "
+            f"(they are not in {out_dir / PREDICT_MANIFEST}); {flag} replaces only earlier dragsaw outputs; fix: move "
+            "those files away or choose another --out folder"
+        )
+    changed = [out_dir / n for n in existing
+               if not (out_dir / n).is_file() or (out_dir / n).stat().st_size != manifest[n].get("size")
+               or _sha256(out_dir / n) != manifest[n].get("sha256")]
+    if changed:
+        raise DataError(
+            f"--out {out_dir} holds {_listing(changed)}, written by dragsaw predict but changed since (e.g. corrected "
+            f"by hand); {flag} replaces only unchanged dragsaw outputs; fix: move those files away or choose another "
+            "--out folder"
+        )
+    return manifest
+
+
 def predict_files(
     model: nn.Module,
     inputs: Iterable[str | Path],
@@ -324,12 +483,13 @@ def predict_files(
     device: torch.device | str = "cpu",
     probabilities: bool = False,
     in_channels: int | None = None,
+    overwrite: bool = False,
 ) -> tuple[list[Path], dict[str, str]]:
     """Predict every input with the run's configuration and write the outputs to ``out_dir``.
 
     2D images, per ``<stem>``: ``_mask.png`` (native size; {0,255} for binary, class indices otherwise),
     ``_prob.png`` (foreground probability; ``_probs.npy`` [K,H,W] for multi-class), ``_uncertainty.png`` (UAFS
-    map, when the model has UAFS) and ``_overlay.png``. Volumes (``.nii``/``.nii.gz``): ``_seg.nii.gz`` in the
+    map, when the model has UAFS) and ``_overlay.png`` (a preview, subsampled to at most 2048 pixels on its long side). Volumes (``.nii``/``.nii.gz``): ``_seg.nii.gz`` in the
     input's geometry (same shape and affine), ``_uncertainty.nii.gz`` with UAFS, ``_probs.nii.gz`` (channels last)
     with ``probabilities``.
 
@@ -339,32 +499,58 @@ def predict_files(
     one is reported as bad (the same file given twice is predicted once). With ``in_channels`` (the channels the
     model was trained on), an input with another channel count is reported before it reaches the network.
 
+    Inputs are never modified. ``out_dir`` must not hold any input nor any file about to be written; with
+    ``overwrite`` it may, but then only files an earlier call wrote there, unchanged, are replaced (they are listed
+    in ``out_dir``/:data:`PREDICT_MANIFEST`, which every call updates atomically), and never an input.
+
     Returns:
         ``(written_files, failures)``.
+
+    Raises:
+        DataError: ``out_dir`` holds inputs or files this call would write (see above); nothing is written then.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     settings = InferenceSettings.from_config(config)
+    uncertainty = any(isinstance(m, UncertaintySelect) for m in model.modules())
+    inputs = [Path(p) for p in inputs]
+    failures: dict[str, str] = {}
+    stems: dict[str, Path] = {}
+    jobs: list[tuple[Path, bool, str]] = []
+    planned: dict[str, Path] = {}
+    for path in inputs:
+        volume = path.name.endswith((".nii", ".nii.gz"))
+        stem = _stem(path)
+        if volume != (settings.spatial_dims == 3):
+            failures[str(path)] = (f"a {'volume' if volume else '2D image'} given to a "
+                                   f"{settings.spatial_dims}D model; give {'NIfTI volumes' if settings.spatial_dims == 3 else 'image files'}")
+            continue
+        if stem in stems:
+            if stems[stem].resolve() != path.resolve():
+                failures[str(path)] = (f"its outputs ({stem}_*) would overwrite those of {stems[stem]}; rename one "
+                                       "of the two or predict them into separate --out folders")
+            continue
+        stems[stem] = path
+        jobs.append((path, volume, stem))
+        for name in prediction_names(path, spatial_dims=settings.spatial_dims, num_classes=config.data.num_classes,
+                                     uncertainty=uncertainty, probabilities=probabilities):
+            planned[name] = path
+    manifest = _check_out_dir(out_dir, inputs, planned, overwrite)
+    out_dir.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     model.eval()
     written: list[Path] = []
-    failures: dict[str, str] = {}
-    stems: dict[str, Path] = {}
+    recorded = len(written)
+    last_record = time.monotonic()
+
+    def record() -> None:  # the manifest lists every file written so far (at most once a second, and at the end)
+        nonlocal recorded, last_record
+        if len(written) == recorded:
+            return
+        write_json_atomic({"tool": "dragsaw predict", "version": 1, "files": manifest}, out_dir / PREDICT_MANIFEST)
+        recorded, last_record = len(written), time.monotonic()
+
     try:
-        for path in inputs:
-            path = Path(path)
-            volume = path.name.endswith((".nii", ".nii.gz"))
-            stem = _stem(path)
-            if volume != (settings.spatial_dims == 3):
-                failures[str(path)] = (f"a {'volume' if volume else '2D image'} given to a "
-                                       f"{settings.spatial_dims}D model; give {'NIfTI volumes' if settings.spatial_dims == 3 else 'image files'}")
-                continue
-            if stem in stems:
-                if stems[stem].resolve() != path.resolve():
-                    failures[str(path)] = (f"its outputs ({stem}_*) would overwrite those of {stems[stem]}; rename one "
-                                           "of the two or predict them into separate --out folders")
-                continue
-            stems[stem] = path
+        for path, volume, stem in jobs:
             staging = Path(tempfile.mkdtemp(prefix=f".{stem}.", suffix=".tmp", dir=out_dir))
             moved: list[Path] = []
             try:
@@ -373,10 +559,15 @@ def predict_files(
                     files = _predict_volume(model, path, staging, config, settings, device, probabilities)
                 else:
                     files = _predict_image(model, path, staging, config, settings, device)
+                entries = {file.name: {"sha256": _sha256(file), "size": file.stat().st_size,
+                                       "input": os.path.abspath(path)} for file in files}
                 for file in files:  # all outputs of this input are complete: move them out together
                     os.replace(file, out_dir / file.name)
                     moved.append(out_dir / file.name)
+                manifest.update(entries)
                 written += moved
+                if time.monotonic() - last_record > 1.0:
+                    record()
             except (DragsawError, OSError, ValueError, RuntimeError) as exc:
                 for file in moved:
                     file.unlink(missing_ok=True)  # no partial set of outputs for this input
@@ -385,4 +576,5 @@ def predict_files(
                 shutil.rmtree(staging, ignore_errors=True)
     finally:
         model.train(was_training)
+        record()
     return written, failures

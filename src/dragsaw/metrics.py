@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -57,6 +57,8 @@ __all__ = [
     "case_metrics",
     "summarize",
     "resize_logits_to",
+    "resize_logits_in_blocks",
+    "RESIZE_BLOCK_PIXELS",
     "jaccard_lower_bound",
     "dice_jaccard_consistent",
     "error_auroc",
@@ -264,6 +266,25 @@ def summarize(per_case: list[Mapping[str, Any]]) -> dict[str, dict[str, float | 
     return summary
 
 
+def _check_resize(logits: Any, size: Any) -> tuple[int, ...]:
+    """The target size as a tuple after the checks of :func:`resize_logits_to` (which raise)."""
+    if not isinstance(logits, torch.Tensor) or not logits.dtype.is_floating_point or logits.ndim not in (4, 5):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise DataError(
+            f"logits must be a floating tensor [B, K, H, W] or [B, K, D, H, W], got {shape}"
+            + (f" of dtype {logits.dtype}" if isinstance(logits, torch.Tensor) else "")
+            + "."
+        )
+    spatial = logits.ndim - 2
+    size_t = tuple(size) if isinstance(size, Sequence) else ()
+    if len(size_t) != spatial or not all(is_int(s) and s > 0 for s in size_t):
+        raise ConfigError(
+            f"size must give {spatial} positive integers (one per spatial axis of logits {tuple(logits.shape)}), "
+            f"got {size!r}."
+        )
+    return size_t
+
+
 def resize_logits_to(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Resize logits to a target's native size before the arg-max (the ``resize_first`` convention).
 
@@ -283,24 +304,74 @@ def resize_logits_to(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         DataError: ``logits`` is not a floating tensor of 4 or 5 dimensions.
         ConfigError: ``size`` does not give one positive integer per spatial axis.
     """
-    if not isinstance(logits, torch.Tensor) or not logits.dtype.is_floating_point or logits.ndim not in (4, 5):
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise DataError(
-            f"logits must be a floating tensor [B, K, H, W] or [B, K, D, H, W], got {shape}"
-            + (f" of dtype {logits.dtype}" if isinstance(logits, torch.Tensor) else "")
-            + "."
-        )
-    spatial = logits.ndim - 2
-    size_t = tuple(size) if isinstance(size, Sequence) else ()
-    if len(size_t) != spatial or not all(is_int(s) and s > 0 for s in size_t):
-        raise ConfigError(
-            f"size must give {spatial} positive integers (one per spatial axis of logits {tuple(logits.shape)}), "
-            f"got {size!r}."
-        )
+    size_t = _check_resize(logits, size)
     if tuple(logits.shape[2:]) == size_t:
         return logits
-    mode = "bilinear" if spatial == 2 else "trilinear"
+    mode = "bilinear" if len(size_t) == 2 else "trilinear"
     return F.interpolate(logits, size=size_t, mode=mode, align_corners=False)
+
+
+RESIZE_BLOCK_PIXELS = 2**24
+"""Output pixels per band of :func:`resize_logits_in_blocks` (read at each call, so tests may lower it)."""
+
+_BAND_ALIGN = 64  # band starts are multiples of this many columns (see resize_logits_in_blocks)
+
+
+def resize_logits_in_blocks(
+    logits: torch.Tensor, size: Sequence[int], *, block_pixels: int | None = None
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """:func:`resize_logits_to` for 2D logits, produced band by band so the whole ``[B, K, H, W]`` output never exists.
+
+    Yields ``(columns, band)``, ``band`` being ``resize_logits_to(logits, size)[..., columns]`` (see below for the
+    last bit), the bands covering the output columns left to right; a consumer reduces each band (arg-max,
+    probabilities, ...) before the next is made. Each band holds about ``block_pixels`` output pixels (default
+    :data:`RESIZE_BLOCK_PIXELS`; at least 64 columns), plus one intermediate of ``[B, K, h, W]`` (the logits' own
+    rows at the output width).
+
+    How: bilinear resizing (``align_corners=False``) is separable, and PyTorch evaluates it rows-outside:
+    ``out = wh0 * (ww0 * x00 + ww1 * x01) + wh1 * (ww0 * x10 + ww1 * x11)``. The width pass
+    ``T = interpolate(logits, (h, W))`` (height unchanged: weights 1 and 0) gives exactly the inner terms, and
+    ``interpolate(T[..., c0:c1], (H, c1 - c0))`` (width unchanged) combines them with the same height weights, which
+    depend only on ``(h, H)`` and the row. So the weights, source coordinates included, are PyTorch's own (float32
+    for float32 logits) and a band equals the whole-image resize up to how PyTorch's CPU kernel rounds a product
+    sum (fused multiply-add or not), which depends on a value's place in the vectorised loop and on the thread
+    count: band starts are multiples of 64 columns and the last band is at least 64 wide so that the place is
+    mostly the same. In float32 with two classes the bands were bit-identical to the whole-image resize in our
+    checks; otherwise they differ by a few units in the last place, as much as the whole-image resize itself does
+    between one and two threads. A ``grid_sample`` grid would compute the source coordinates differently and move
+    float32 logits by ~1e-4.
+
+    Falls back to one band from :func:`resize_logits_to` when the output is at most ``block_pixels`` or narrower
+    than 128 columns, or when the height is not enlarged (``h >= H``: the intermediate would be as large as the
+    output).
+
+    Shape:
+        ``logits``: ``[B, K, h, w]``; yields ``[B, K, H, c1 - c0]`` for ``size == (H, W)``.
+
+    Raises:
+        DataError, ConfigError: as :func:`resize_logits_to` (also for 3D logits: this is 2D only).
+    """
+    limit = RESIZE_BLOCK_PIXELS if block_pixels is None else block_pixels
+    if not is_int(limit) or limit < 1:
+        raise ConfigError(f"block_pixels must be a positive integer, got {block_pixels!r}.")
+    if isinstance(logits, torch.Tensor) and logits.ndim == 5:
+        raise DataError(f"resize_logits_in_blocks is for 2D logits [B, K, H, W], got {tuple(logits.shape)}.")
+    height, width = (int(s) for s in _check_resize(logits, size))
+    if height * width <= limit or width < 2 * _BAND_ALIGN or logits.shape[2] >= height:
+        return iter([(slice(0, width), resize_logits_to(logits, (height, width)))])
+    band = max(_BAND_ALIGN, (limit // height) // _BAND_ALIGN * _BAND_ALIGN)
+    starts = list(range(0, width, band))
+    if width - starts[-1] < _BAND_ALIGN:  # the last band would be too narrow: widen the one before it
+        starts.pop()
+    return _resize_bands(logits, height, width, starts)
+
+
+def _resize_bands(logits: torch.Tensor, height: int, width: int, starts: list[int]):
+    rows = F.interpolate(logits, size=(logits.shape[2], width), mode="bilinear", align_corners=False)
+    for i, c0 in enumerate(starts):
+        c1 = starts[i + 1] if i + 1 < len(starts) else width
+        part = rows[..., c0:c1].contiguous()
+        yield slice(c0, c1), F.interpolate(part, size=(height, c1 - c0), mode="bilinear", align_corners=False)
 
 
 def jaccard_lower_bound(mean_dice: float) -> float:

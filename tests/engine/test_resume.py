@@ -80,5 +80,6 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     assert main(args_for(tiny_folder, run)) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "became nan at global step" in err and "epoch 1" in err
+    assert "The last good checkpoint is kept (checkpoints/last.ckpt)" in " ".join(err.split())
     good = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert good["epoch"] == 0 and all(torch.isfinite(v).all() for v in good["state_dict"].values() if v.is_floating_point())

@@ -3,6 +3,7 @@ exit code, no traceback (unless ``--debug``) and no partial outputs; 2D and 3D w
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -147,7 +148,9 @@ def test_predict_writes_the_good_and_names_the_bad(dims, runs, data, tmp_path):
     good = [p for p in inputs if p.name not in bad]
     stems = [p.name.split(".")[0] for p in good]
     expected = set().union(*(expected_outputs(stem, dims) for stem in stems))
-    assert {p.name for p in out.iterdir()} == expected  # no partial files, no temporary folders
+    # no partial files, no temporary folders; the manifest lists exactly what was written
+    assert {p.name for p in out.iterdir()} == expected | {".dragsaw-predict.json"}
+    assert set(json.loads((out / ".dragsaw-predict.json").read_text())["files"]) == expected
     assert f"for {len(good)} of {len(inputs)} inputs" in result.out
     assert result.err.rstrip().splitlines()[-1].startswith("dragsaw predict: error: ")
     for path, stem in zip(good, stems, strict=True):

@@ -15,8 +15,11 @@ Mask policies (see :func:`read_mask`):
 
 from __future__ import annotations
 
+import os
+import threading
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,9 @@ from dragsaw.errors import ConfigError, DataError
 __all__ = [
     "IMAGE_SUFFIXES",
     "JPEG_SUFFIXES",
+    "DEFAULT_MAX_PIXELS",
+    "max_pixels",
+    "open_image",
     "read_image",
     "image_channels",
     "read_mask",
@@ -43,6 +49,16 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 """Suffixes of lossy files whose masks are thresholded at 128."""
 
+DEFAULT_MAX_PIXELS = 2**28
+"""Largest image (width x height) dragsaw decodes unless ``DRAGSAW_MAX_PIXELS`` says otherwise: 268,435,456
+pixels, e.g. 16384 x 16384. Decoding such an RGB image takes about 0.8 GB as bytes and 3.2 GB as the float32 array
+training reads, so larger files are refused from their header, before any pixel is decoded. Pillow's own
+decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) is not applied to the files dragsaw opens: this limit
+replaces it (raise or lower it with the environment variable)."""
+
+MAX_PIXELS_ENV = "DRAGSAW_MAX_PIXELS"
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
 _JPEG_THRESHOLD = 128
 _JPEG_WARNED_DIRS: set[Path] = set()
 
@@ -51,6 +67,60 @@ _IMAGE_CHANNELS = {
     "1": 1, "L": 1, "LA": 1, "I": 1, "I;16": 1, "I;16L": 1, "I;16B": 1, "I;16N": 1,
     "P": 3, "PA": 3, "RGB": 3, "RGBA": 3, "RGBX": 3, "CMYK": 3, "YCbCr": 3, "LAB": 3, "HSV": 3,
 }  # fmt: skip
+
+
+def max_pixels() -> int:
+    """The pixel limit (width x height) of the images dragsaw opens: ``DRAGSAW_MAX_PIXELS`` when set (a positive
+    integer, e.g. ``DRAGSAW_MAX_PIXELS=500000000``), else :data:`DEFAULT_MAX_PIXELS`.
+
+    Raises:
+        ConfigError: the environment variable is set but is not a positive integer.
+    """
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip().replace("_", "")
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ConfigError(
+            f"the environment variable {MAX_PIXELS_ENV}={os.environ[MAX_PIXELS_ENV]!r} is not a positive integer; "
+            f"fix: set it to the largest width x height to accept (default {DEFAULT_MAX_PIXELS}), or unset it"
+        )
+    return value
+
+
+@contextmanager
+def open_image(path: str | Path, what: str = "image") -> Iterator[Image.Image]:
+    """Open ``path`` with Pillow (header only, nothing decoded) after checking its size against :func:`max_pixels`.
+
+    Pillow's decompression-bomb check is off while the header is parsed (its error would be reported as a broken
+    file, and its default limit is below dragsaw's); the size is then checked here, from the header.
+
+    Raises:
+        DataError: the image is larger than the limit (names the file, its size, the limit and how to raise it).
+        Exception: whatever Pillow raises for a file that is not an image (callers turn it into a DataError).
+    """
+    path = Path(path)
+    limit = max_pixels()
+    with _PILLOW_LIMIT_LOCK:  # the limit is a Pillow global: restore it for other callers, whatever happens
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            im = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    with im:
+        width, height = im.size
+        if width * height > limit:
+            raise DataError(
+                f"{what} file {path} is {width}x{height} pixels (WxH, {width * height:,} pixels), more than dragsaw's "
+                f"limit of {limit:,} pixels (protection against files that would exhaust memory when decoded); fix: "
+                f"if the image is genuine, raise the limit with the environment variable {MAX_PIXELS_ENV}, e.g. "
+                f"{MAX_PIXELS_ENV}={width * height}, or downscale or tile the image"
+            )
+        yield im
 
 
 def _decode(path: str | Path, what: str, convert: Callable[[Image.Image], np.ndarray]) -> np.ndarray:
@@ -65,15 +135,20 @@ def _decode(path: str | Path, what: str, convert: Callable[[Image.Image], np.nda
     if path.stat().st_size == 0:
         raise DataError(f"{what} file {path} is empty (0 bytes); fix: re-download or re-export it")
     try:
-        with Image.open(path) as im:
+        with open_image(path, what) as im:
             if getattr(im, "n_frames", 1) != 1:
                 raise DataError(
                     f"{what} file {path} has {im.n_frames} frames/pages; fix: save a single 2D image per file"
                 )
             im.load()
             return convert(im)
-    except DataError:
+    except (DataError, ConfigError):
         raise
+    except Image.DecompressionBombError as exc:  # a plugin's own check while decoding (e.g. a huge TIFF tile)
+        raise DataError(
+            f"{what} file {path} was refused by Pillow's decompression-bomb limit while decoding ({exc}); fix: if the "
+            "image is genuine, raise PIL.Image.MAX_IMAGE_PIXELS in your script, or downscale or tile the image"
+        ) from exc
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, ... for bad files
         raise DataError(
             f"{what} file {path} cannot be decoded as an image ({type(exc).__name__}: {exc}); "
@@ -135,8 +210,10 @@ def image_channels(path: str | Path) -> int:
     if not path.is_file() or path.stat().st_size == 0:
         read_image(path)  # raises the descriptive DataError
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             mode = im.mode
+    except (DataError, ConfigError):
+        raise
     except Exception as exc:
         raise DataError(
             f"image file {path} cannot be opened as an image ({type(exc).__name__}: {exc}); "

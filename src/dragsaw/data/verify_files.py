@@ -14,12 +14,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from dragsaw.data.cases import Case
-from dragsaw.data.io2d import check_same_size, image_channels, map_mask_values, read_image, read_mask
+from dragsaw.data.io2d import check_same_size, image_channels, map_mask_values, open_image, read_image, read_mask
 from dragsaw.data.verify import Level, Problem
-from dragsaw.errors import DataError
+from dragsaw.errors import ConfigError, DataError
 
 __all__ = ["FileScan"]
 
@@ -76,7 +75,7 @@ class FileScan:
             size = path.stat().st_size
             if size == 0:
                 raise DataError(f"{what} file {path} is empty (0 bytes); fix: re-download or re-export it")
-            with warnings.catch_warnings(record=True) as caught, Image.open(path) as im:
+            with warnings.catch_warnings(record=True) as caught, open_image(path, what) as im:
                 warnings.simplefilter("always")
                 mode, (w, h), fmt, frames = im.mode, im.size, im.format, getattr(im, "n_frames", 1)
             for warning in caught:
@@ -91,6 +90,8 @@ class FileScan:
         except DataError as exc:
             self.bad(path, exc)
             return None
+        except ConfigError:  # e.g. a malformed DRAGSAW_MAX_PIXELS: a problem of the command, not of this file
+            raise
         except Exception as exc:  # Pillow: UnidentifiedImageError, OSError, SyntaxError, ...
             self.bad(path, DataError(
                 f"{what} file {path} is not a readable image ({type(exc).__name__}: {exc}); fix: check that it is a "
@@ -184,7 +185,7 @@ class FileScan:
 
     def _float_image(self, path: Path) -> None:
         try:
-            with Image.open(path) as im:
+            with open_image(path) as im:
                 arr = np.asarray(im, dtype=np.float64)
         except Exception:  # unreadable pixels: already reported by the header or decode check
             return
@@ -199,7 +200,7 @@ class FileScan:
                      "replace the non-finite values (e.g. by the background value) and re-save", "nonfinite")
 
     def _jpeg_halo(self, path: Path) -> None:
-        with Image.open(path) as im:
+        with open_image(path, "mask") as im:
             raw = np.asarray(im)
         raw = raw[..., 0] if raw.ndim == 3 else raw
         top, mid = int(raw.max()), int(((raw > 0) & (raw < 255)).sum())

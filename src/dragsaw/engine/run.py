@@ -8,26 +8,29 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import platform
-import shutil
+import signal
 import warnings
 from pathlib import Path
 
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from .._atomic import atomic_file, sweep_temporaries, write_json_atomic, write_text_atomic
-from ..config import RunConfig, apply_overrides, config_from_dict, config_to_dict
-from ..errors import ConfigError
+from ..config import RunConfig, apply_overrides, check_config, config_from_dict, config_to_dict
+from ..errors import ConfigError, DataError
 from ..inference import InferenceSettings, evaluate_loader
 from ..metrics import summarize
 from ..report import plot_learning_curves, plot_overlays
-from .callbacks import AtomicCheckpointIO, StepStats, peak_memory_mb
+from .callbacks import AtomicCheckpointIO, BestCheckpoint, StepStats, peak_memory_mb, read_best_record
 from .data3d import VolumeData
-from .datamodule import SegmentationData
+from .datamodule import SegmentationData, cases_for
+from .data3d import volume_cases
+from .guard import RunGuard, RunLock, slurm_requeue
+from .fingerprint import DATA_RECORD, absolute_paths, check_data, moved_data_hint, record_data, require_data_roots
 from .task import SegmentationTask
 
 __all__ = ["train", "evaluate_run", "load_task", "resume_config"]
@@ -39,17 +42,55 @@ def _prepare_dir(run_dir: Path, resume: bool) -> None:
             raise ConfigError(f"cannot resume {str(run_dir)!r}: it has no config.yaml (is it a dragsaw run directory?).")
         return
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        pid = RunLock(run_dir).held_by_other() if run_dir.is_dir() else None
+        if pid is not None:
+            raise ConfigError(f"run directory {str(run_dir)!r} is in use by another dragsaw process (PID {pid}); wait "
+                              "for it to end or choose another --out.")
         raise ConfigError(
             f"run directory {str(run_dir)!r} already exists and is not empty; choose another --out, delete it, or "
             "continue it with --resume."
         )
+    # nothing is created here: a new run's directory appears only once every check passed (RunGuard.claim)
+    existing = next((p for p in [run_dir, *run_dir.parents] if p.exists()), Path.cwd())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot create the run directory {str(run_dir)!r}: {str(existing)!r} is "
+                          f"{'not a folder' if not existing.is_dir() else 'not writable'}; choose a writable --out.")
+
+
+def _check_trainer_settings(config: RunConfig) -> None:
+    """``train.accelerator``, ``train.devices`` and ``train.precision`` as Lightning sees them on this machine (a
+    throwaway Trainer that writes nothing), so that a device that is not there stops the run before it starts.
+
+    Raises:
+        ConfigError: naming the three settings and Lightning's reason.
+    """
+    tc = config.train
+    _quiet_lightning()
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"cannot write to the run directory {str(run_dir)!r} ({exc}); choose a writable --out.") from exc
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            L.Trainer(accelerator=tc.accelerator, devices=tc.devices, precision=tc.precision, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    except Exception as exc:  # Lightning's MisconfigurationException / ValueError / RuntimeError for the device
+        raise ConfigError(
+            f"train.accelerator={tc.accelerator!r}, train.devices={tc.devices} and train.precision={tc.precision!r} "
+            f"do not work on this machine: {exc} Fix them with --set (e.g. train.accelerator=cpu, "
+            "train.precision=32-true)."
+        ) from exc
+
+
+def _write_splits(config: RunConfig, data, path: Path) -> None:
+    """``splits.json`` of a new run whose data module was built (and quick-checked) before its directory existed:
+    the same seeded split, resolved again with the file (the check is not repeated).
+
+    Raises:
+        DataError: the dataset changed between the two reads.
+    """
+    again = (volume_cases if config.model.spatial_dims == 3 else cases_for)(config, path, verify=False)
+    ids = {k: [c.case_id for c in v] for k, v in again.items()}
+    if ids != {k: [c.case_id for c in v] for k, v in data.splits.items()}:
+        raise DataError(f"the dataset at {config.data.root} changed while the run was being set up (its cases differ "
+                        "between two reads); wait until it is complete and start the run again.")
 
 
 def _device(trainer: L.Trainer) -> torch.device:
@@ -60,6 +101,24 @@ def _data_module(config: RunConfig, splits_path: Path | None, evaluate_only: boo
     """The 2D or 3D data module of a configuration."""
     cls = VolumeData if config.model.spatial_dims == 3 else SegmentationData
     return cls(config, splits_path, evaluate_only=evaluate_only)
+
+
+def _run_data(config: RunConfig, run_dir: Path, existing: bool):
+    """The data module of a run's own data; for an ``existing`` run (resume, evaluate) the data folders must exist
+    and the data must match the run's ``data.json`` (errors carry the ``--set data.root=NEW`` fix)."""
+    if existing:
+        require_data_roots(config, run_dir)
+    try:
+        data = _data_module(config, run_dir / "splits.json")
+    except DataError as exc:
+        if existing and (run_dir / DATA_RECORD).is_file():
+            raise DataError(f"{exc} (run {run_dir} was trained on the data recorded in {run_dir / DATA_RECORD}; "
+                            f"{moved_data_hint(run_dir)})") from exc
+        raise
+    if existing and not check_data(run_dir, data.splits, config):
+        warnings.warn(f"run {run_dir} has no {DATA_RECORD} (it predates data records): its data at "
+                      f"{config.data.root} cannot be checked against the data it was trained on")
+    return data
 
 
 def _evaluate_splits(task, data, splits, device, plots_dir: Path | None, hd95: bool = True, config=None) -> dict:
@@ -90,30 +149,62 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*number of training batches.*")
 
 
-def _setup(config: RunConfig, run_dir: Path, resume: bool, progress: bool):
-    """Everything before the first step: config.yaml, splits, data, network, trainer (all input checked here)."""
+def _build_task(config: RunConfig, data) -> SegmentationTask:
+    """The network of ``config``; the argument checks of its parts (ValueError) are configuration errors.
+
+    Raises:
+        ConfigError: a module refused a value of the configuration (its message names the argument).
+    """
+    try:
+        task = SegmentationTask.from_config(config, data.in_channels, data.steps_per_epoch())
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(f"the configuration cannot build the network: {exc} Fix the value named (see "
+                          "config.yaml or the preset) with --set.") from exc
+    if task.pdcr is not None:  # the sampled locations must fit the tapped maps at data.input_size
+        size = config.data.input_size
+        grids = {n: [-(-s // k) for s, k in zip(size, task.strides[n])] for n in task.pdcr.tapped if n in task.strides}
+        try:
+            task.pdcr.check_grids(grids)
+        except ValueError as exc:
+            raise ConfigError(f"PDCR cannot sample its layers at data.input_size={list(size)}: {exc} (the counts are "
+                              "pdcr.encoder_samples, pdcr.decoder_samples and pdcr.cross_samples; the crop is "
+                              "pdcr.border).") from exc
+    return task
+
+
+def _setup(config: RunConfig, run_dir: Path, resume: bool, progress: bool, guard: RunGuard | None = None):
+    """Everything before the first step: config.yaml, splits, data, network, trainer (all input checked here).
+
+    A new run's data and network are built before its directory exists; ``guard.claim`` then checks the disk,
+    creates the directory and writes ``splits.json`` (without a guard the directory must exist)."""
     tc = config.train
     _quiet_lightning()
     L.seed_everything(tc.seed, workers=True, verbose=False)
-    data = _data_module(config, run_dir / "splits.json")  # 3D: resolves the target spacing into config
-    task = SegmentationTask.from_config(config, data.in_channels, data.steps_per_epoch())
+    new = guard is not None and not resume
+    data = _data_module(config, None) if new else _run_data(config, run_dir, existing=resume)  # 3D: plans spacing
+    task = _build_task(config, data)
+    if guard is not None:
+        guard.claim(task, after=(lambda: _write_splits(config, data, run_dir / "splits.json")) if new else None)
     write_text_atomic(yaml.safe_dump(config_to_dict(config), sort_keys=False), run_dir / "config.yaml")
+    record_data(run_dir, data.splits, config)
     if config.data.train_fraction < 1.0 and data.train_set is not None:  # the training subset, for the record
         dc = config.data
         write_json_atomic({"train_fraction": dc.train_fraction,
                            "subset_seed": config.train.seed if dc.subset_seed is None else dc.subset_seed,
                            "cases": [c.case_id for c in data.splits["train"]]}, run_dir / "subset.json")
     has_val = "val" in data.eval_sets
-    checkpoint = ModelCheckpoint(
+    checkpoint = BestCheckpoint(  # best.ckpt is replaced only by a better model, across resumes and moves
         dirpath=run_dir / "checkpoints", filename="best", monitor="val/dice_fg" if has_val else None,
         mode="max", save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
     )
     stats = StepStats()
-    old_log = _read_log(run_dir / "csv" / "metrics.csv") if resume else []
-    trainer = L.Trainer(
+    old_log = _history(run_dir) if resume else []
+    trainer = L.Trainer(  # accelerator, devices and precision were checked by _check_trainer_settings
         max_epochs=tc.epochs, max_steps=tc.max_steps or -1, accelerator=tc.accelerator, devices=tc.devices,
         precision=tc.precision, deterministic=tc.deterministic, check_val_every_n_epoch=tc.val_every,
-        callbacks=[checkpoint, stats], logger=[
+        callbacks=[checkpoint, stats, *([guard.stop] if guard is not None else [])], logger=[
             CSVLogger(save_dir=run_dir, name="", version="csv"),
             TensorBoardLogger(save_dir=run_dir, name="tensorboard", version="", default_hp_metric=False),
         ],
@@ -131,13 +222,31 @@ def _read_log(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def _write_log(old: list[dict], new_csv: Path, target: Path) -> None:
-    """``log.csv``: the rows of earlier sessions of a resumed run, then this session's (all columns kept)."""
-    new = _read_log(new_csv)
+def _merge_log(old: list[dict], new: list[dict]) -> list[dict]:
+    """``old`` rows before the first step of ``new`` (a resumed session replaces what followed its checkpoint),
+    then ``new``."""
     first_new_step = min((int(r["step"]) for r in new if r.get("step")), default=None)
     if first_new_step is not None:
         old = [r for r in old if r.get("step") and int(r["step"]) < first_new_step]
-    rows = old + new
+    return old + new
+
+
+def _history(run_dir: Path) -> list[dict]:
+    """Every logged row of a run's earlier sessions: ``log.csv`` completed by the last session's ``csv/metrics.csv``
+    (also when that session was killed before it wrote ``log.csv``). Written back to ``log.csv`` at once, because
+    Lightning's CSV logger deletes ``csv/metrics.csv`` when the next session starts."""
+    rows = _merge_log(_read_log(run_dir / "log.csv"), _read_log(run_dir / "csv" / "metrics.csv"))
+    if rows:
+        _write_rows(rows, run_dir / "log.csv")
+    return rows
+
+
+def _write_log(old: list[dict], new_csv: Path, target: Path) -> None:
+    """``log.csv``: the rows of earlier sessions of a resumed run, then this session's (all columns kept)."""
+    _write_rows(_merge_log(old, _read_log(new_csv)), target)
+
+
+def _write_rows(rows: list[dict], target: Path) -> None:
     fields = list(dict.fromkeys(k for r in rows for k in r))
     with atomic_file(target) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
@@ -153,29 +262,77 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, progr
     Returns:
         the content of ``metrics.json``.
 
+    A new run's directory is created only after the configuration, the data's quick check, the network, the
+    devices and the free disk space were checked, and it is removed again when the run fails before its first
+    checkpoint. The run holds ``RUN/.lock`` while it trains (a second process is refused). SIGINT / SIGTERM stop
+    at the end of the current step with ``last.ckpt`` written (see :mod:`dragsaw.engine.guard`).
+
     Raises:
-        ConfigError / DataError: bad configuration or data (before any training starts).
+        ConfigError / DataError: bad configuration or data (before any training starts), a damaged checkpoint to
+            resume from, or a run directory another process holds.
+        DiskFullError: too little free space for the first checkpoints, or the disk filled up while training.
+        InterruptedRun: SIGINT or SIGTERM (``code`` 130 / 143); the message says what was saved.
+        NonFiniteLossError: the loss diverged; the message says whether a checkpoint is kept.
     """
     run_dir = Path(out_dir)
-    created = None  # the topmost directory this call creates, removed again if the input is bad
-    for folder in [run_dir, *run_dir.parents]:
-        if not folder.exists():
-            created = folder
-    created = None if resume else created
-    _prepare_dir(run_dir, resume)
-    if resume:
-        for path in sweep_temporaries(run_dir):  # a killed run may have died half-way through a checkpoint write
-            warnings.warn(f"removed {path}, a partial file left by the interrupted run")
-    try:
-        trainer, task, data, checkpoint, stats, old_log = _setup(config, run_dir, resume, progress)
-    except BaseException:
-        if created is not None:  # bad input leaves nothing behind
-            shutil.rmtree(created, ignore_errors=True)
-        raise
-    last = run_dir / "checkpoints" / "last.ckpt"
-    trainer.fit(task, datamodule=data, ckpt_path=str(last) if resume and last.is_file() else None)
-    task.remove_taps()
+    absolute_paths(config)  # the run means the same data from any working directory
+    check_config(config)  # configurations built in Python get the checks of presets and --set
+    _prepare_dir(run_dir, resume)  # creates nothing
+    _check_trainer_settings(config)
+    with RunGuard(run_dir, resume) as guard:  # lock, SIGINT/SIGTERM, nothing half-made, disk-full messages
+        if resume:
+            for path in sweep_temporaries(run_dir):  # a killed run may have died half-way through a checkpoint write
+                warnings.warn(f"removed {path}, a partial file left by the interrupted run")
+        last = run_dir / "checkpoints" / "last.ckpt"
+        ckpt_path = _resume_checkpoint(run_dir, last) if resume else None  # a damaged checkpoint stops here
+        trainer, task, data, checkpoint, stats, old_log = _setup(config, run_dir, resume, progress, guard)
+        if slurm_requeue(trainer):  # Lightning's SLURM auto-requeue handles SIGTERM itself
+            guard.stop.leave_to_previous(signal.SIGTERM)
+        guard.trainer, guard.phase, guard.stop.in_fit = trainer, "fit", True
+        trainer.fit(task, datamodule=data, ckpt_path=ckpt_path)
+        guard.phase, guard.stop.in_fit = "evaluation", False
+        if guard.stop.signum is not None:  # the signal came after the last step: training is complete
+            guard.stop.stop_now()
+        return _finish(config, run_dir, trainer, task, data, checkpoint, stats, old_log, eval_splits, last)
 
+
+def _resume_checkpoint(run_dir: Path, last: Path) -> str | None:
+    """The checkpoint a resumed run continues from (``last.ckpt``, or a newer SLURM requeue checkpoint), checked.
+
+    Raises:
+        ConfigError: the checkpoint is damaged (truncated, not a checkpoint), naming it and the fix.
+    """
+    hpc = sorted(run_dir.glob("hpc_ckpt_*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if hpc and (not last.is_file() or hpc[-1].stat().st_mtime > last.stat().st_mtime):
+        _check_checkpoint(hpc[-1], f"delete {hpc[-1]} to continue from {last.name}")
+        return "hpc"  # Lightning's name for its newest requeue checkpoint in default_root_dir
+    if not last.is_file():
+        return None
+    _check_checkpoint(last, f"delete it to train the run again from the start (best.ckpt, if present, stays until "
+                            "a better model replaces it), or restore it from a backup")
+    return str(last)
+
+
+def _check_checkpoint(path: Path, fix: str) -> dict:
+    """Read ``path`` as a training checkpoint (memory-mapped: the weights are not read).
+
+    Raises:
+        ConfigError: it is truncated, not a PyTorch checkpoint, or lacks the training state; ``fix`` says what to do.
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as exc:  # truncated zip, random bytes (UnpicklingError), an old non-zip file, ...
+        raise ConfigError(f"checkpoint {path} is damaged or not a PyTorch checkpoint ({type(exc).__name__}: "
+                          f"{str(exc)[:200]}); {fix}.") from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ConfigError(f"checkpoint {path} holds no model weights (no state_dict); it is not a dragsaw checkpoint; "
+                          f"{fix}.")
+    return ckpt
+
+
+def _finish(config, run_dir, trainer, task, data, checkpoint, stats, old_log, eval_splits, last) -> dict:
+    """After training: evaluate the best checkpoint, write ``log.csv``, the plots and ``metrics.json``."""
+    task.remove_taps()
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
     task.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
     device = _device(trainer)
@@ -192,6 +349,7 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, progr
     payload = {
         "run": config.name,
         "checkpoint": best.name,
+        "best": read_best_record(run_dir / "checkpoints"),  # epoch, step and validation score of best.ckpt
         **results,
         "seconds_per_step": stats.seconds_per_step(),
         "peak_memory_mb": peak_memory_mb(device),
@@ -211,9 +369,11 @@ def resume_config(run_dir: str | Path, overrides: list[str] = ()) -> RunConfig:
     if not path.is_file():
         raise ConfigError(f"cannot resume {str(run_dir)!r}: it has no config.yaml (is it a dragsaw run directory?).")
     try:
-        config = config_from_dict(yaml.safe_load(path.read_text()), where=f"in {path}: ")
-    except yaml.YAMLError as exc:
+        config = config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")), where=f"in {path}: ")
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not valid YAML ({exc}); restore it or start a new run.") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path} ({exc.strerror}); fix its permissions or start a new run.") from exc
     return apply_overrides(config, list(overrides))
 
 
@@ -237,24 +397,66 @@ def load_task(run_or_ckpt: str | Path, which: str = "best") -> tuple[Segmentatio
         )
     try:
         task = SegmentationTask.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False)
-    except (RuntimeError, KeyError, EOFError, OSError) as exc:
-        raise ConfigError(f"cannot load checkpoint {str(ckpt)!r}: {exc}. Is the file complete and from dragsaw?") from exc
+    except ConfigError as exc:  # the checkpoint's saved configuration is refused by this version's checks
+        raise ConfigError(f"cannot load checkpoint {str(ckpt)!r}: its saved configuration is invalid ({exc}).") from exc
+    except Exception as exc:  # truncated zip (RuntimeError), random bytes (UnpicklingError), missing keys, ...
+        other = "last.ckpt" if ckpt.name != "last.ckpt" else "best.ckpt"
+        raise ConfigError(
+            f"cannot load checkpoint {str(ckpt)!r}: it is damaged or not a dragsaw checkpoint ({type(exc).__name__}: "
+            f"{str(exc)[:200]}). Use the run's other checkpoint (checkpoints/{other}) if it is intact, restore the "
+            "file from a backup, or train the run again."
+        ) from exc
     task.eval()
     return task, ckpt
 
 
+OWN_DATA_KEYS = ("data.root", "data.extra_root")
+"""The overrides ``evaluate`` takes for a run's own data (where the data is now); anything else needs a preset."""
+
+
+def _own_data_config(task, run_dir: Path, overrides) -> RunConfig:
+    """The configuration to evaluate a run on its own data: the checkpoint's, with the data folders of the run's
+    ``config.yaml`` (which a resume with ``--set data.root=NEW`` updates) and of ``overrides``."""
+    config = task.config
+    saved = run_dir / "config.yaml"
+    if saved.is_file():
+        try:
+            data = (yaml.safe_load(saved.read_text()) or {}).get("data") or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{saved} is not valid YAML ({exc}); restore it from a backup.") from exc
+        config.data.root = data.get("root", config.data.root)
+        config.data.extra_root = data.get("extra_root", config.data.extra_root)
+    overrides = list(overrides)
+    for item in overrides:
+        if item.partition("=")[0].strip() not in OWN_DATA_KEYS:
+            raise ConfigError(
+                f"--set {item!r}: evaluating a run on its own data takes only {' and '.join(OWN_DATA_KEYS)} (where the "
+                "data is now); to evaluate on another dataset or with other settings, pass --preset NAME too."
+            )
+    if overrides:
+        moved = apply_overrides(config, overrides)
+        config.data.root, config.data.extra_root = moved.data.root, moved.data.extra_root
+    return absolute_paths(config)
+
+
 def evaluate_run(run_or_ckpt: str | Path, config: RunConfig | None = None, *, out: str | Path | None = None,
-                 splits=("val", "test")) -> dict:
+                 splits=("val", "test"), overrides=()) -> dict:
     """Evaluate a trained run on its own data (``config=None``: its validation and test splits) or on another
     dataset's configuration (every case of that dataset, reported as ``test``).
 
-    Writes ``metrics.json`` (and overlays) to ``out`` when given, else, for the run's own data, to
-    ``<run>/evaluation/``.
+    On its own data, the data must match the run's ``data.json``; ``overrides`` (only ``data.root=NEW`` and
+    ``data.extra_root=NEW``) point the run at data that moved. Writes ``metrics.json`` (and overlays) to ``out``
+    when given, else, for the run's own data, to ``<run>/evaluation/``.
+
+    Raises:
+        ConfigError / DataError: bad overrides, data that moved or changed (with the fix), incompatible data.
     """
     task, ckpt = load_task(run_or_ckpt)
     run_dir = ckpt.parent.parent
     own = config is None
-    config = task.config if own else config
+    if not own and overrides:
+        raise ConfigError("evaluate_run: apply overrides to the other dataset's config before passing it.")
+    config = _own_data_config(task, run_dir, overrides) if own else absolute_paths(config)
     if not own and config.data.num_classes != task.config.data.num_classes:
         raise ConfigError(
             f"the model predicts {task.config.data.num_classes} classes but the evaluation data has "
@@ -267,8 +469,10 @@ def evaluate_run(run_or_ckpt: str | Path, config: RunConfig | None = None, *, ou
     if not own:  # the model's input geometry and normalisation stay those it was trained with
         for key in ("input_size", "mean", "std", "target_spacing", "ct_stats"):
             setattr(config.data, key, getattr(task.config.data, key))
-    splits_path = run_dir / "splits.json" if own else None
-    data = _data_module(config, splits_path, evaluate_only=not own)  # another dataset: all of it is test data
+    if own:
+        data = _run_data(config, run_dir, existing=True)  # the data the run recorded, wherever it is now
+    else:
+        data = _data_module(config, None, evaluate_only=True)  # another dataset: all of it is test data
     out_dir = Path(out) if out else run_dir / "evaluation"
     out_dir.mkdir(parents=True, exist_ok=True)
     results = _evaluate_splits(task, data, splits, torch.device("cpu"), out_dir, config=config)

@@ -221,8 +221,8 @@ class SegmentationTask(L.LightningModule):
             raise NonFiniteLossError(
                 f"the training loss became {loss.item()} at global step {self.global_step} (epoch "
                 f"{self.current_epoch}, batch {batch_idx}); terms: "
-                f"{ {k: round(float(v), 6) for k, v in logs.items()} }. The last good checkpoint is kept. Lower "
-                "train.lr, check the data with `dragsaw verify`, or use precision 32-true."
+                f"{ {k: round(float(v), 6) for k, v in logs.items()} }. Lower train.lr, check the data with "
+                "`dragsaw verify`, or use precision 32-true."
             )
         logs["train/loss"] = loss.detach()
         self.log_dict(logs, on_step=True, on_epoch=True, batch_size=images.shape[0], prog_bar=False)

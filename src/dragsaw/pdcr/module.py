@@ -12,7 +12,7 @@ from torch import nn
 from .._checks import as_axis_tuple, check_int_labels, check_spatial_dims, is_int
 from .composition import LabelIntegral, counts_to_composition, patch_series_counts
 from .loss import ORIENTATIONS, grouped_loss, series_loss, similarity
-from .sampling import SAMPLERS, auto_border, grid_positions, random_positions
+from .sampling import SAMPLERS, auto_border, crop_extent, grid_positions, random_positions
 
 __all__ = ["PatchDragsawLoss", "PDCROutput"]
 
@@ -237,6 +237,19 @@ class PatchDragsawLoss(nn.Module):
         if value is None:
             return auto_border(grid)
         return as_axis_tuple(value, self.spatial_dims, f"border[{name!r}]", minimum=0)
+
+    def check_grids(self, grids: Mapping[str, Sequence[int]]) -> None:
+        """Check, before any training, that the feature grid of each tapped layer (``name -> grid``, e.g. the input
+        size divided by the layer's stride) leaves enough locations after the border crop for its sample counts.
+
+        Raises:
+            ValueError: as training would, naming the layer, its grid, the border and the number of samples.
+        """
+        for name, grid in grids.items():
+            grid = tuple(int(g) for g in grid)
+            for count in (self.samples.get(name), self.cross_samples.get(name)):
+                if count is not None:
+                    crop_extent(grid, self._border(name, grid), count, name)
 
     def _positions(self, name: str, feat: torch.Tensor, count: int) -> torch.Tensor:
         """``count`` sampled locations of ``feat`` [B, C, *g] -> long positions [B, N, d]."""
