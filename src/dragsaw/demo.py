@@ -99,6 +99,7 @@ def run_demo(out: Path, *, quick: bool = False, dims: int = 2, variants=("baseli
         results[variant] = train(config, run_dir, progress=not quick)
         timings[variant] = time.perf_counter() - t0
     keys = ("dice_fg", "jaccard_fg", "accuracy", "hd95_fg") if dims == 2 else ("dice/1", "dice/2", "dice_fg", "hd95_fg")
+    keys += ("auroc_uafs", "auroc_entropy")
     table = comparison_table({v: r["test"]["mean"] for v, r in results.items()}, keys=keys)
     lines = [f"| {v} | {r['seconds_per_step']:.3f} | {timings[v]:.0f} |" for v, r in results.items()]
     cost = "| variant | s / training step | training + evaluation (s) |\n|---|---|---|\n" + "\n".join(lines)
@@ -115,7 +116,16 @@ def run_demo(out: Path, *, quick: bool = False, dims: int = 2, variants=("baseli
         f"Synthetic {what}: {settings.n_train} for training (20% carved for validation) and {settings.n_test} for "
         f"testing; {host}, {settings.epochs} epochs, seed {settings.seed}, identical for every variant. Test-set "
         f"metrics of the best validation checkpoint, per-case means +- std"
-        f"{'' if dims == 2 else ' (class 1 = outer region, 2 = inner core; HD95 in mm)'}.\n\n{cost}\n\n"
+        f"{'' if dims == 2 else ' (class 1 = outer region, 2 = inner core; HD95 in mm)'}.\n\n"
+        f"**One seed per variant.** Each row is a single training run (seed {settings.seed}); a single run cannot "
+        "tell an effect of the modules from seed noise (on Montgomery, changing only the seed moves a baseline's "
+        "validation Dice by about 0.015). For the real comparison, with several seeds, paired per-case statistics "
+        "and reduced training data, run `dragsaw benchmark` (see `docs/evidence.md` for the study and its "
+        "findings).\n\n"
+        "`auroc_uafs`: how well the UAFS uncertainty map (the `_uncertainty.png` that `dragsaw predict` writes, "
+        "shown in the overlays) separates wrongly from rightly classified pixels (0.5 = no better than chance); "
+        "`auroc_entropy`: the same for the entropy of the network's own softmax output, the reference any model "
+        f"has.\n\n{cost}\n\n"
         f"Total time {time.perf_counter() - start:.0f} s."
     )
     report = write_report(out, f"dragsaw demo ({dims}D): baseline vs PDCR + UAFS", table, images, extra_md=extra)

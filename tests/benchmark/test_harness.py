@@ -168,3 +168,19 @@ def test_rerun_with_other_base_settings_is_refused(smoke, tmp_path):
 
     with pytest.raises(ConfigError, match="not comparable"):
         _load_or_save_plan(plan, smoke)
+
+
+def test_a_run_chosen_on_val_is_scored_on_test_later_without_retraining(smoke, capsys):
+    run = smoke / "runs/default/full-f0.5-s0"
+    metrics = json.loads((run / "metrics.json").read_text())
+    expected = [c["dice_fg"] for c in metrics["test"]["per_case"]]
+    stamp = (run / "checkpoints" / "best.ckpt").stat().st_mtime_ns
+    del metrics["test"]  # as a run trained with --splits val leaves it
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["benchmark", "--smoke", "--out", str(smoke)]) == 0
+    printed = capsys.readouterr().out
+    assert "full-f0.5-s0: its best checkpoint evaluated on test" in printed
+    assert "training" not in printed and "resuming" not in printed
+    scored = json.loads((run / "metrics.json").read_text())["test"]["per_case"]
+    assert [c["dice_fg"] for c in scored] == pytest.approx(expected, abs=1e-6)
+    assert (run / "checkpoints" / "best.ckpt").stat().st_mtime_ns == stamp

@@ -14,6 +14,8 @@ FAST = [
     "pdcr.encoder_samples=[16, 8]",
     "pdcr.decoder_samples=[8, 4]",
     "pdcr.cross_samples=8",
+    "pdcr.layers=null",  # a 3-stage U-Net has no encoder.3 (the cpu profile's taps): the host's declared taps
+    "pdcr.cross_layers=null",
 ]
 
 

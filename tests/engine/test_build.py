@@ -16,8 +16,17 @@ def cfg(*overrides):
     return apply_overrides(load_preset("folder", "cpu"), ["model.options.channels=[4, 8, 16, 32]", *overrides])
 
 
+def test_cpu_profile_taps_the_deeper_encoder_stages_with_a_cross_term():
+    net = build_network(cfg(), in_channels=3)  # the cpu profile's PDCR placement (chosen on validation data)
+    assert net.pdcr.layer_weights == {"encoder.2": 0.1, "encoder.3": 0.1}
+    assert net.strides == {"encoder.2": (4, 4), "encoder.3": (8, 8)}
+    assert net.pdcr.samples == {"encoder.2": 64, "encoder.3": 32}
+    assert net.pdcr.cross_layers == [("encoder.2", "encoder.3")]
+    assert net.pdcr.embedding == "mlp"
+
+
 def test_full_model_has_uafs_at_declared_points_and_pdcr_on_declared_taps():
-    net = build_network(cfg(), in_channels=3)
+    net = build_network(cfg("pdcr.layers=null", "pdcr.cross_layers=null"), in_channels=3)
     blocks = {n for n, m in net.model.named_modules() if isinstance(m, UncertaintySelect)}
     assert blocks == {f"{p}.1" for p in net.uafs_points} and len(blocks) == 2  # decoder stages below full res
     assert net.pdcr is not None
@@ -36,8 +45,8 @@ def test_switches_and_overrides():
     base = build_network(cfg("pdcr.enabled=false", "uafs.enabled=false"), in_channels=1)
     assert base.pdcr is None and base.uafs_points == []
     assert not any(isinstance(m, UncertaintySelect) for m in base.model.modules())
-    custom = build_network(cfg("pdcr.layers={encoder.1: encoder}", "pdcr.encoder_weight=0.5", "uafs.points=[decoder.0]",
-                               "uafs.branches=3"), in_channels=1)
+    custom = build_network(cfg("pdcr.layers={encoder.1: encoder}", "pdcr.cross_layers=null", "pdcr.encoder_weight=0.5", "uafs.points=[decoder.0]",
+                               "uafs.branches=3", "uafs.aux_weight=0"), in_channels=1)
     assert custom.pdcr.layer_weights == {"encoder.1": 0.5} and custom.pdcr.cross_layers == []
     assert custom.uafs_points == ["decoder.0"] and custom.model.get_submodule("decoder.0.1").branches == 3
 
@@ -61,7 +70,7 @@ def test_channels_last_task_computes_the_same_step_as_channels_first(dims):
     from dragsaw.engine import SegmentationTask
 
     if dims == 2:
-        config, size = cfg(), (32, 32)
+        config, size = cfg(), (64, 64)  # the cpu profile's 64 samples of encoder.2 need a 16 x 16 grid
     else:
         config, size = load_preset("decathlon", "cpu"), (48, 48, 32)
         config = apply_overrides(config, [f"data.input_size={list(size)}", "data.num_classes=3", "data.target_spacing=[1.0, 1.0, 2.5]",
@@ -94,13 +103,13 @@ def test_channels_last_task_computes_the_same_step_as_channels_first(dims):
 # ---------------------------------------------------------------- taps on any submodule (probed channels and stride)
 def test_undeclared_layer_gets_channels_and_stride_from_a_probe():
     net = build_network(cfg("data.input_size=[64, 48]", "pdcr.layers={encoder.1: encoder, encoder.3: encoder}",
-                            "pdcr.encoder_samples=[16, 8]"), in_channels=3)
+                            "pdcr.cross_layers=null", "pdcr.encoder_samples=[16, 8]"), in_channels=3)
     taps = {t.name: t for t in net.taps}
     assert "encoder.3" not in {t.name for t in net.model.pdcr_taps()}  # not declared by the host
     assert (taps["encoder.3"].channels, taps["encoder.3"].stride, taps["encoder.3"].role) == (32, (8, 8), "encoder")
     assert (taps["encoder.1"].channels, taps["encoder.1"].stride) == (8, (2, 2))  # declared: unchanged
     # the UAFS block after decoder.0 (a name that exists only once UAFS is inserted): channels[2], stride 4
-    uafs = build_network(cfg("data.input_size=[64, 64]", "pdcr.layers={decoder.0.1: decoder}"), in_channels=1)
+    uafs = build_network(cfg("data.input_size=[64, 64]", "pdcr.layers={decoder.0.1: decoder}", "pdcr.cross_layers=null"), in_channels=1)
     assert (uafs.taps[0].channels, uafs.taps[0].stride) == (16, (4, 4))
     # no hook left behind, every module back in training mode
     assert all(not m._forward_hooks for m in net.model.modules())

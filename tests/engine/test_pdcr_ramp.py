@@ -44,6 +44,7 @@ def _task(ramp_epochs: float, steps_per_epoch: int) -> SegmentationTask:
     config = apply_overrides(load_preset("folder", "cpu"), [
         "model.options.channels=[4, 8, 16]", "data.input_size=[32, 32]", "pdcr.encoder_samples=[16, 8]",
         "pdcr.decoder_samples=[8, 4]", "pdcr.cross_samples=8", f"pdcr.ramp_epochs={ramp_epochs}",
+        "pdcr.layers=null", "pdcr.cross_layers=null", "uafs.aux_weight=0",
     ])
     torch.manual_seed(0)
     return SegmentationTask.from_config(config, in_channels=1, steps_per_epoch=steps_per_epoch)

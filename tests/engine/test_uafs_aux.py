@@ -12,7 +12,8 @@ from dragsaw.uafs import UncertaintySelect, head_aux_loss
 
 def cfg2d(*overrides):
     return apply_overrides(load_preset("folder", "cpu"),
-                           ["model.options.channels=[4, 8, 16, 32]", "pdcr.enabled=false", *overrides])
+                           ["model.options.channels=[4, 8, 16, 32]", "pdcr.enabled=false",
+                            "uafs.init_scale=1", "uafs.aux_weight=0", *overrides])  # from the paper's form
 
 
 def cfg3d(*overrides):

@@ -10,7 +10,8 @@ from PIL import Image
 from dragsaw.cli import main
 
 FAST = ["model.options.channels=[4, 8, 16]", "data.input_size=[64, 64]", "train.epochs=1", "train.batch_size=2",
-        "pdcr.encoder_samples=[16, 8]", "pdcr.decoder_samples=[8, 4]", "pdcr.cross_samples=8"]
+        "pdcr.encoder_samples=[16, 8]", "pdcr.decoder_samples=[8, 4]", "pdcr.cross_samples=8",
+        "pdcr.layers=null", "pdcr.cross_layers=null"]  # 3 stages: no encoder.3, the host's declared taps
 
 
 def sets(items):

@@ -25,7 +25,8 @@ from dragsaw.data import write_decathlon, write_folder
 from .corpus import nifti, rgb, save, truncate
 
 FAST2D = ["model.options.channels=[4, 8, 16]", "data.input_size=[32, 32]", "train.epochs=1", "train.batch_size=4",
-          "pdcr.encoder_samples=[16, 8]", "pdcr.decoder_samples=[8, 4]", "pdcr.cross_samples=8"]
+          "pdcr.encoder_samples=[16, 8]", "pdcr.decoder_samples=[8, 4]", "pdcr.cross_samples=8",
+          "pdcr.layers=null", "pdcr.cross_layers=null"]  # 3 stages: no encoder.3, the host's declared taps
 FAST3D = ["data.input_size=[48, 48, 32]", "train.epochs=1", "train.iterations_per_epoch=1", "train.batch_size=1",
           "model.options={deep_supervision: 1, base_filters: 4, max_filters: 16}", "pdcr.encoder_samples=[8, 8]",
           "pdcr.cross_samples=8", "train.sw_batch_size=1"]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import fcntl
 import itertools
 import json
 import math
@@ -348,6 +347,11 @@ def _claim(out: Path, spec: RunSpec):
     it exits, so a killed benchmark never leaves a run claimed. Several processes running the same benchmark
     command therefore share its runs (each takes the next unclaimed one).
     """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX (Windows): no sharing between processes, one process runs everything
+        yield True
+        return
     locks = out / "locks"
     locks.mkdir(exist_ok=True)
     path = locks / (spec.name.replace("/", "__") + ".lock")
@@ -361,6 +365,25 @@ def _claim(out: Path, spec: RunSpec):
             yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _add_missing_splits(spec: RunSpec, out: Path, eval_splits: tuple[str, ...]) -> list[str]:
+    """Evaluate a finished run's best checkpoint on the splits it was not evaluated on (e.g. the test split after
+    settings were chosen with ``--splits val``), adding them to its ``metrics.json``; returns the splits added.
+
+    Nothing is retrained: the checkpoint chosen on validation data is the one scored."""
+    from ..engine import evaluate_run
+
+    path = out / spec.name / "metrics.json"
+    metrics = json.loads(path.read_text())
+    missing = [s for s in eval_splits if s not in metrics]
+    if not missing:
+        return []
+    scored = evaluate_run(out / spec.name, out=out / spec.name / "evaluation", splits=tuple(missing))
+    for split in missing:
+        metrics[split] = scored[split]
+    write_json_atomic(metrics, path)
+    return missing
 
 
 def _write_csv(rows: list[dict], fields: list[str], path: Path) -> None:
@@ -460,7 +483,14 @@ def run_benchmark(plan: BenchmarkPlan, out: str | Path, *, progress: bool = Fals
         f"{len(plan.seeds)} seeds x {len(plan.grid)} grid points) in {out}")
     start = time.perf_counter()
     for i, spec in enumerate(specs, 1):
-        if _run_state(out / spec.name) in ("done", "failed"):
+        state = _run_state(out / spec.name)
+        if state == "done":
+            with _claim(out, spec) as mine:
+                added = _add_missing_splits(spec, out, plan.eval_splits) if mine else []
+            if added:
+                log(f"[benchmark] {i}/{total} {spec.name}: its best checkpoint evaluated on {', '.join(added)}")
+            continue
+        if state == "failed":
             continue
         with _claim(out, spec) as mine:
             if not mine:  # another process of the same benchmark is training it
@@ -496,7 +526,7 @@ def smoke_plan(out: Path) -> BenchmarkPlan:
         preset="folder", profile="cpu", data_root=str(root),
         overrides=["data.input_size=[32, 32]", "model.options.channels=[4, 8, 16]", "train.epochs=2",
                    "train.batch_size=4", "pdcr.encoder_samples=[8, 8]", "pdcr.decoder_samples=[8, 8]",
-                   "pdcr.cross_samples=8"],
+                   "pdcr.cross_samples=8", "pdcr.layers=null", "pdcr.cross_layers=null"],
         variants=parse_variants("baseline,full"), fractions=[1.0, 0.5], seeds=[0, 1],
     )
 

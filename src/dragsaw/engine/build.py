@@ -194,7 +194,11 @@ def build_network(config: RunConfig, in_channels: int) -> Network:
         for pair in cross:
             unknown = [n for n in pair if n not in channels]
             if unknown:
-                raise ConfigError(f"pdcr.cross_layers pair {list(pair)} names untapped layers {unknown}; tap them first.")
+                raise ConfigError(
+                    f"pdcr.cross_layers pair {list(pair)} names untapped layers {unknown}; tap them in pdcr.layers, "
+                    "or set pdcr.cross_layers=null for the host's default pair among the tapped layers (none if it "
+                    "is not tapped)."
+                )
         pdcr = PatchDragsawLoss(
             config.data.num_classes, weights, spatial_dims=mc.spatial_dims, samples=samples,
             patch_sizes=pc.patch_sizes, cross_layers=cross, in_channels=channels, cross_weight=pc.cross_weight,
