@@ -318,3 +318,15 @@ def test_sweep_temporaries_removes_only_leftovers_of_atomic_writes(tmp_path):
     for name in names:
         (tmp_path / name).write_text("partial")
     assert sorted(p.name for p in sweep_temporaries(tmp_path)) == sorted(names)
+
+
+def test_uncertainty_colours_are_stretched_to_the_map_and_kept_in_range():
+    from dragsaw.report import _stretch
+
+    unc = np.full((50, 50), 0.95)
+    unc[:10] = 0.80
+    low, high = _stretch(unc)
+    assert low == pytest.approx(0.80) and high == pytest.approx(0.95)
+    flat = _stretch(np.full((4, 4), 1.0))  # a flat map: at least 0.05 wide, clipped to [0, 1]
+    assert flat == (pytest.approx(0.975), 1.0)
+    assert _stretch(np.linspace(0, 1, 100)) == (pytest.approx(0.01), pytest.approx(0.99))

@@ -169,6 +169,19 @@ def _to_labels(x: Any, name: str, hw: tuple[int, int]) -> np.ndarray:
     return a.astype(np.int64)
 
 
+def _stretch(unc: np.ndarray, span: float = 0.05) -> tuple[float, float]:
+    """Colour limits of one uncertainty map: its 1st and 99th percentiles, at least ``span`` apart and within [0, 1].
+
+    A supervised UAFS head is confident (H near 0) only in part of an image and the rest sits near 1, so a fixed
+    [0, 1] scale shows a nearly flat map; the stretch shows where H is lower, and the colour bar keeps the values."""
+    low, high = (float(v) for v in np.percentile(unc, [1, 99]))
+    if high - low < span:
+        middle = 0.5 * (low + high)
+        low, high = middle - span / 2, middle + span / 2
+    low, high = max(0.0, low), min(1.0, high)
+    return (low, high) if high > low else (0.0, 1.0)
+
+
 def _to_uncertainty(x: Any, name: str, hw: tuple[int, int]) -> np.ndarray:
     a = _to_numpy(x, name).astype(np.float64)
     if a.shape != hw or not (a.min() >= -1e-6 and a.max() <= 1 + 1e-6):  # also False for NaN
@@ -188,7 +201,8 @@ def plot_overlays(items: Sequence[Mapping[str, Any]], out_png: Path, max_items: 
 
     The middle panel draws every foreground class's ground-truth contour (solid green) and predicted contour
     (dashed red) over the image. The third column, present when some item has an ``"uncertainty"``, shows the
-    UAFS uncertainty map with a [0, 1] colour bar. Panels are 300 x 300 px: the PNG is (300 * columns) x
+    UAFS uncertainty map, its colours stretched to the map's 1st-99th percentile range (the colour bar gives the
+    values). Panels are 300 x 300 px: the PNG is (300 * columns) x
     (300 * rows). 2D only: for 3D pass a middle slice.
 
     Args:
@@ -234,8 +248,9 @@ def plot_overlays(items: Sequence[Mapping[str, Any]], out_png: Path, max_items: 
             axes[r, 2].text(0.5, 0.5, "no uncertainty map", ha="center", transform=axes[r, 2].transAxes)
             axes[r, 2].axis("off")
         elif ncols == 3:
-            im = axes[r, 2].imshow(unc, cmap="magma", vmin=0.0, vmax=1.0)
-            fig.colorbar(im, ax=axes[r, 2], fraction=0.046, pad=0.04, label="uncertainty")
+            low, high = _stretch(unc)
+            im = axes[r, 2].imshow(unc, cmap="magma", vmin=low, vmax=high)
+            fig.colorbar(im, ax=axes[r, 2], fraction=0.046, pad=0.04, label="uncertainty (this map's range)")
         for ax in axes[r]:
             ax.set_xticks([])
             ax.set_yticks([])
