@@ -8,6 +8,7 @@ leaves a truncated file behind, and an existing file stays intact until its repl
 from __future__ import annotations
 
 import json
+import csv
 import os
 import shutil
 import tempfile
@@ -19,7 +20,7 @@ from pathlib import Path
 from .errors import DataError
 
 __all__ = [
-    "atomic_file", "atomic_dir", "write_bytes_atomic", "write_text_atomic", "write_json_atomic",
+    "atomic_file", "atomic_dir", "write_bytes_atomic", "write_text_atomic", "write_json_atomic", "write_csv_atomic",
     "sweep_temporaries", "current_umask",
 ]
 
@@ -87,6 +88,15 @@ def write_text_atomic(text: str, path: str | Path) -> Path:
 def write_json_atomic(payload, path: str | Path) -> Path:
     """Write ``payload`` as indented JSON atomically (numpy scalars become floats)."""
     return write_text_atomic(json.dumps(payload, indent=2, default=float) + "\n", path)
+
+
+def write_csv_atomic(rows: list[dict], fields: list[str], path: str | Path) -> Path:
+    """Write ``rows`` (dicts) as a CSV with the header ``fields`` (keys outside it are left out), atomically."""
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(path)
 
 
 @contextmanager

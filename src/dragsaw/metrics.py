@@ -45,6 +45,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from scipy.stats import rankdata
 import torch
 import torch.nn.functional as F
 from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou
@@ -466,11 +467,7 @@ def error_auroc(score: np.ndarray | torch.Tensor, pred: np.ndarray | torch.Tenso
     n_right = wrong.size - n_wrong
     if n_wrong == 0 or n_right == 0:
         return math.nan
-    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
-    # the k-th distinct value (ascending) occupies ranks end_k - count_k + 1 .. end_k: its average rank
-    ends = np.cumsum(counts, dtype=np.float64)
-    average_rank = ends - (counts - 1) / 2.0
-    rank_sum = float(average_rank[inverse.reshape(-1)][wrong].sum())
+    rank_sum = float(rankdata(s, method="average")[wrong].sum())  # ties share their average rank
     u = rank_sum - n_wrong * (n_wrong + 1) / 2.0
     return float(u / (float(n_wrong) * float(n_right)))
 

@@ -86,6 +86,11 @@ class _Head(nn.Sequential):
         return x
 
 
+def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in float32 when it is half precision (mixed precision); float32 and float64 pass unchanged."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+
+
 def entropy_map(logits: torch.Tensor) -> torch.Tensor:
     """Normalised softmax entropy over the channel axis.
 
@@ -96,7 +101,7 @@ def entropy_map(logits: torch.Tensor) -> torch.Tensor:
     branches = logits.shape[1]
     if branches < 2:
         raise ValueError(f"entropy needs at least 2 branches (got M={branches}): with M=1 it is 0/0.")
-    work = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    work = at_least_float32(logits)
     logp = torch.log_softmax(work, dim=1)
     entropy = -(logp.exp() * logp).sum(1, keepdim=True) / math.log(branches)
     return entropy.clamp(0.0, 1.0).to(logits.dtype)
@@ -278,7 +283,7 @@ def composition_targets(
 
 
 def _soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    work = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    work = at_least_float32(logits)
     return -(target.to(work.dtype) * torch.log_softmax(work, dim=1)).sum(1).mean()
 
 
@@ -307,12 +312,7 @@ def head_aux_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     Raises:
         ValueError: mismatched batch or number of spatial axes, ``M < 2``, or labels outside ``[0, M)``.
     """
-    if not isinstance(labels, torch.Tensor):
-        raise ValueError(f"labels must be an integer tensor [B, *S], got {type(labels).__name__}.")
-    _check_logits(logits, labels)
-    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    target = composition_targets(labels, logits.shape[1], logits.shape[2:], dtype=dtype)
-    return _soft_cross_entropy(logits, target)
+    return uafs_aux_loss([logits], labels)
 
 
 def uafs_aux_loss(logits: list[torch.Tensor] | tuple[torch.Tensor, ...], labels: torch.Tensor) -> torch.Tensor:

@@ -30,8 +30,9 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .._atomic import atomic_file, write_json_atomic
+from .._atomic import write_csv_atomic, write_json_atomic
 from ..config import RunConfig, apply_overrides, load_preset
+from ..demo import variant_overrides
 from ..errors import ConfigError, DragsawError
 
 __all__ = [
@@ -40,10 +41,8 @@ __all__ = [
 ]
 
 BUILTIN_VARIANTS: dict[str, list[str]] = {
-    "baseline": ["pdcr.enabled=false", "uafs.enabled=false"],
-    "pdcr": ["pdcr.enabled=true", "uafs.enabled=false"],
-    "uafs": ["pdcr.enabled=false", "uafs.enabled=true"],
-    "full": ["pdcr.enabled=true", "uafs.enabled=true"],
+    name: variant_overrides(demo_name)
+    for name, demo_name in (("baseline", "baseline"), ("pdcr", "+PDCR"), ("uafs", "+UAFS"), ("full", "+PDCR+UAFS"))
 }
 """Variant name -> the ``--set`` overrides that switch the two modules (the rest of the config is the preset's)."""
 
@@ -236,7 +235,7 @@ def full_training_steps(config: RunConfig) -> int:
     return max(1, n // b)
 
 
-def plan_runs(plan: BenchmarkPlan) -> list[RunSpec]:
+def plan_runs(plan: BenchmarkPlan, base: RunConfig | None = None) -> list[RunSpec]:
     """Every run of ``plan`` with its configuration (checked now, so a bad value fails before any training).
 
     Order: grid point, then seed, then fraction, then variant, so that an interrupted benchmark has complete paired
@@ -246,7 +245,7 @@ def plan_runs(plan: BenchmarkPlan) -> list[RunSpec]:
         ConfigError: a bad override in a variant or grid point (the variant or point is named).
     """
     _check_plan(plan)
-    base = plan.base_config()
+    base = plan.base_config() if base is None else base  # ``base``: the plan's base config, when already built
     runs = []
     for point in plan.grid:
         for seed in plan.seeds:
@@ -386,13 +385,6 @@ def _add_missing_splits(spec: RunSpec, out: Path, eval_splits: tuple[str, ...]) 
     return missing
 
 
-def _write_csv(rows: list[dict], fields: list[str], path: Path) -> None:
-    with atomic_file(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def collect_results(specs: list[RunSpec], out: Path) -> tuple[int, int]:
     """(Re)write ``runs.csv`` and ``results.csv`` from the run directories of ``specs``.
 
@@ -427,9 +419,9 @@ def collect_results(specs: list[RunSpec], out: Path) -> tuple[int, int]:
         runs.append(row)
     run_fields = ["run", "variant", "fraction", "seed", "grid", "status", "best_epoch", "steps", "seconds",
                   "seconds_per_step", "val_dice", "test_dice", "error"]
-    _write_csv(runs, run_fields, out / "runs.csv")
+    write_csv_atomic(runs, run_fields, out / "runs.csv")
     result_fields = ["run", "variant", "fraction", "seed", "grid", "split", "case", *_STANDARD, *extra_keys]
-    _write_csv(results, result_fields, out / "results.csv")
+    write_csv_atomic(results, result_fields, out / "results.csv")
     done = sum(r["status"] == "done" for r in runs)
     return done, len(runs) - done
 
@@ -476,7 +468,7 @@ def run_benchmark(plan: BenchmarkPlan, out: str | Path, *, progress: bool = Fals
     base = plan.base_config()
     if plan.iterations_per_epoch is None and base.train.iterations_per_epoch is None:
         plan.iterations_per_epoch = full_training_steps(base)
-    specs = plan_runs(plan)  # every config checked before anything is written
+    specs = plan_runs(plan, base)  # every config checked before anything is written
     _load_or_save_plan(plan, out)
     total = len(specs)
     log(f"[benchmark] {total} runs ({len(plan.variants)} variants x {len(plan.fractions)} fractions x "

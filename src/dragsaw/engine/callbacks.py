@@ -86,14 +86,14 @@ class BestCheckpoint(ModelCheckpoint):
                           best.parent / BEST_RECORD)
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Lightning's restore, then the best score from ``best.ckpt`` (it may have been written elsewhere)."""
+        """Lightning's restore, quietly (a moved run has another dirpath); the best score is then taken from
+        ``best.ckpt`` in :meth:`on_fit_start`, which Lightning calls after restoring the callbacks."""
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The dirpath has changed.*")
             super().load_state_dict(state_dict)
-        self._restore_best()
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        """Also restore when the checkpoint holds no state of this callback."""
+        """The best score of the run from ``best.ckpt`` (it may have been written in another place or session)."""
         super().on_fit_start(trainer, pl_module)
         self._restore_best()
 

@@ -28,7 +28,7 @@ import lightning as L
 from ..errors import ConfigError, DiskFullError, InterruptedRun
 
 __all__ = ["LOCK_FILE", "RunGuard", "RunLock", "SignalStop", "checkpoint_bytes", "disk_full_cause", "free_space",
-           "slurm_requeue"]
+           "nearest_existing", "slurm_requeue"]
 
 LOCK_FILE = ".lock"
 """The lock file in a run directory (its content is the PID of the process that holds it, or held it last)."""
@@ -36,14 +36,14 @@ LOCK_FILE = ".lock"
 _MARGIN = 1 << 20  # bytes besides the checkpoints: config.yaml, splits.json, the first log lines
 
 
-def _existing(path: Path) -> Path:
+def nearest_existing(path: Path) -> Path:
     """``path`` or its nearest existing ancestor (the folder whose disk a new path would land on)."""
     return next((p for p in [path, *path.parents] if p.exists()), Path.cwd())
 
 
 def _mount_point(path: Path) -> Path:
     """The mount point of the file system holding ``path`` (for messages: which disk is meant)."""
-    path = _existing(path.absolute())
+    path = nearest_existing(path.absolute())
     try:
         device = path.stat().st_dev
         while path != path.parent and path.parent.stat().st_dev == device:
@@ -59,7 +59,7 @@ def _mb(n: float) -> str:
 
 def free_space(path: str | Path) -> tuple[int, Path]:
     """``(free bytes, mount point)`` of the disk that holds ``path`` (or would hold it, for a path to create)."""
-    where = _existing(Path(path))
+    where = nearest_existing(Path(path))
     return shutil.disk_usage(where).free, _mount_point(where)
 
 

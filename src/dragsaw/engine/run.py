@@ -19,7 +19,7 @@ import torch
 import yaml
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from .._atomic import atomic_file, sweep_temporaries, write_json_atomic, write_text_atomic
+from .._atomic import sweep_temporaries, write_csv_atomic, write_json_atomic, write_text_atomic
 from ..config import RunConfig, apply_overrides, check_config, config_from_dict, config_to_dict
 from ..errors import ConfigError, DataError
 from ..inference import InferenceSettings, evaluate_loader
@@ -29,7 +29,7 @@ from .callbacks import AtomicCheckpointIO, BestCheckpoint, StepStats, peak_memor
 from .data3d import VolumeData
 from .datamodule import SegmentationData, cases_for
 from .data3d import volume_cases
-from .guard import RunGuard, RunLock, slurm_requeue
+from .guard import RunGuard, RunLock, nearest_existing, slurm_requeue
 from .fingerprint import DATA_RECORD, absolute_paths, check_data, moved_data_hint, record_data, require_data_roots
 from .task import SegmentationTask
 
@@ -51,7 +51,7 @@ def _prepare_dir(run_dir: Path, resume: bool) -> None:
             "continue it with --resume."
         )
     # nothing is created here: a new run's directory appears only once every check passed (RunGuard.claim)
-    existing = next((p for p in [run_dir, *run_dir.parents] if p.exists()), Path.cwd())
+    existing = nearest_existing(run_dir)
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"cannot create the run directory {str(run_dir)!r}: {str(existing)!r} is "
                           f"{'not a folder' if not existing.is_dir() else 'not writable'}; choose a writable --out.")
@@ -247,11 +247,7 @@ def _write_log(old: list[dict], new_csv: Path, target: Path) -> None:
 
 
 def _write_rows(rows: list[dict], target: Path) -> None:
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    with atomic_file(target) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv_atomic(rows, list(dict.fromkeys(k for r in rows for k in r)), target)
 
 
 def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
@@ -308,12 +304,12 @@ def _resume_checkpoint(run_dir: Path, last: Path) -> str | None:
         return "hpc"  # Lightning's name for its newest requeue checkpoint in default_root_dir
     if not last.is_file():
         return None
-    _check_checkpoint(last, f"delete it to train the run again from the start (best.ckpt, if present, stays until "
+    _check_checkpoint(last, "delete it to train the run again from the start (best.ckpt, if present, stays until "
                             "a better model replaces it), or restore it from a backup")
     return str(last)
 
 
-def _check_checkpoint(path: Path, fix: str) -> dict:
+def _check_checkpoint(path: Path, fix: str) -> None:
     """Read ``path`` as a training checkpoint (memory-mapped: the weights are not read).
 
     Raises:
@@ -327,7 +323,6 @@ def _check_checkpoint(path: Path, fix: str) -> dict:
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ConfigError(f"checkpoint {path} holds no model weights (no state_dict); it is not a dragsaw checkpoint; "
                           f"{fix}.")
-    return ckpt
 
 
 def _finish(config, run_dir, trainer, task, data, checkpoint, stats, old_log, eval_splits, last) -> dict:

@@ -16,7 +16,7 @@ from ..errors import DragsawError
 from ..inference import InferenceSettings, infer
 from ..metrics import case_metrics, resize_logits_to, summarize
 from ..taps import FeatureTaps
-from ..uafs import UncertaintySelect, uafs_aux_loss
+from ..uafs import UncertaintySelect, at_least_float32, uafs_aux_loss
 from .build import build_network
 
 __all__ = ["SegmentationTask", "NonFiniteLossError", "ramp_factor", "warmup_cosine"]
@@ -65,11 +65,6 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
         return step / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor`` in float32 when it is half precision (mixed precision); float32 and float64 pass unchanged."""
-    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
 def main_logits(output) -> torch.Tensor:
@@ -130,6 +125,7 @@ class SegmentationTask(L.LightningModule):
         if tc.channels_last:
             use_channels_last(self.model, self.config.model.spatial_dims)
         self._taps: FeatureTaps | None = None
+        self._uafs_blocks = [m for m in self.model.modules() if isinstance(m, UncertaintySelect)]  # fixed once built
         self._val_cases: list[dict] = []
 
     @classmethod
@@ -164,7 +160,7 @@ class SegmentationTask(L.LightningModule):
             target = labels
             if logits.shape[2:] != labels.shape[1:]:
                 target = F.interpolate(labels[:, None].float(), size=logits.shape[2:], mode="nearest")[:, 0].long()
-            logits = _at_least_float32(logits)
+            logits = at_least_float32(logits)
             class_weights = None if self.class_weights is None else self.class_weights.to(logits.dtype)
             loss = F.cross_entropy(logits, target, weight=class_weights)
             if self.dice is not None:
@@ -179,7 +175,7 @@ class SegmentationTask(L.LightningModule):
         nothing stays attached to the blocks (validation and inference never keep them).
         """
         uc = self.config.uafs
-        blocks = [m for m in self.model.modules() if isinstance(m, UncertaintySelect)] if uc.aux_weight > 0 else []
+        blocks = self._uafs_blocks if uc.aux_weight > 0 else []
         for block in blocks:
             block.keep_logits, block.last_logits = True, None
         try:
