@@ -8,15 +8,13 @@ Inputs (written by the harness into its output folder):
 * ``<run>/log.csv`` per run (optional): the merged Lightning CSV log, for learning curves.
 
 Only runs with ``status == "done"`` enter the statistics; results are joined to runs by the ``run`` column, and
-the run's variant, fraction, seed and grid come from ``runs.csv``. Figures use matplotlib's Agg canvas
-(``Figure`` + ``FigureCanvasAgg``, the global pyplot backend is left alone); every file is written atomically
-(temporary file in the destination folder, then ``os.replace``).
+the run's variant, fraction, seed and grid come from ``runs.csv``. Figures come from :mod:`.plots`; every file is
+written atomically (temporary file in the destination folder, then ``os.replace``).
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import math
 import os
 import re
@@ -25,14 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from dragsaw._atomic import write_bytes_atomic
 from dragsaw.errors import DataError
 
+from .plots import _CONFIDENCE, _CURVE_COLUMN, _ffrac, _plot_boxes, _plot_curves, _plot_efficiency, _plot_means
 from .stats import holm, mean_ci, paired_comparison
 
 __all__ = ["write_benchmark_report", "DEFAULT_SELECTION_RULE"]
@@ -45,11 +40,6 @@ DEFAULT_SELECTION_RULE = (
 _RUNS_REQUIRED = ("run", "variant", "fraction", "seed", "grid", "status")
 _RESULTS_REQUIRED = ("run", "split", "case", "dice_fg", "jaccard_fg")
 _ALPHA = 0.05
-_CONFIDENCE = 0.95
-_DPI = 100
-_COLORS = colormaps["tab10"].colors
-_LINESTYLES = ("-", "--", ":", "-.")
-_CURVE_COLUMN = "val/dice_fg"
 
 
 # ---------------------------------------------------------------------------------------------------- formatting
@@ -68,10 +58,6 @@ def _fp(p: float) -> str:
 def _fci(low: float, high: float) -> str:
     """``[low, high]`` with 4 decimals; ``n/a`` when undefined."""
     return "n/a" if math.isnan(low) or math.isnan(high) else f"[{low:.4f}, {high:.4f}]"
-
-
-def _ffrac(fraction: float) -> str:
-    return format(fraction, "g")
 
 
 def _md(text: object) -> str:
@@ -235,116 +221,6 @@ def _verdict(variant: str, fraction: float, ref: str, ref_fraction: float, comp:
         return f"{who} is {word} {against} ({numbers})."
     ci_text = "the CI includes 0" if covers else "although the bootstrap CI excludes 0"
     return f"{who} is not significantly different from {against} ({numbers}; {ci_text})."
-
-
-# ---------------------------------------------------------------------------------------------------- plots
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    FigureCanvasAgg(fig)
-    fig.savefig(buf := io.BytesIO(), format="png", dpi=_DPI)
-    return write_bytes_atomic(buf.getvalue(), path)
-
-
-def _color(variants: Sequence[str], variant: str):
-    return _COLORS[variants.index(variant) % len(_COLORS)]
-
-
-def _plot_boxes(cells: dict, variants: list[str], fractions: list[float], title: str, path: Path) -> Path:
-    fig = Figure(figsize=(max(4.0, 1.2 * len(variants) + 1.5) * len(fractions), 4.0), dpi=_DPI, layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(fractions), sharey=True, squeeze=False)[0])
-    for ax, fraction in zip(axes, fractions):
-        data, labels, colors = [], [], []
-        for v in variants:
-            if (v, fraction) in cells:
-                vals = cells[(v, fraction)].case_means("dice_fg")
-                if vals.size:
-                    data.append(vals)
-                    labels.append(v)
-                    colors.append(_color(variants, v))
-        ax.set_title(f"fraction {_ffrac(fraction)}")
-        if not data:
-            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-            continue
-        box = ax.boxplot(data, patch_artist=True)
-        ax.set_xticks(range(1, len(labels) + 1), labels, rotation=20)
-        for patch, color in zip(box["boxes"], colors):
-            patch.set_facecolor((*color, 0.5))
-        ax.grid(alpha=0.3, axis="y")
-    axes[0].set_ylabel("per-case Dice (mean over seeds)")
-    fig.suptitle(title)
-    return _save(fig, path)
-
-
-def _plot_efficiency(cells: dict, variants: list[str], fractions: list[float], title: str, path: Path) -> Path:
-    fig = Figure(figsize=(6.5, 4.5), dpi=_DPI, layout="constrained")
-    ax = fig.subplots()
-    xs = sorted(fractions)
-    for i, v in enumerate(variants):
-        pts = [(f, mean_ci(cells[(v, f)].seed_means("dice_fg"), _CONFIDENCE)) for f in xs if (v, f) in cells]
-        if not pts:
-            continue
-        shift = 1.0 + 0.015 * (i - (len(variants) - 1) / 2)  # small multiplicative offset so bars do not overlap
-        x = np.array([f * shift for f, _ in pts])
-        m = np.array([s[0] for _, s in pts])
-        lo = np.array([s[0] - s[1] if not math.isnan(s[1]) else 0.0 for _, s in pts])
-        hi = np.array([s[2] - s[0] if not math.isnan(s[2]) else 0.0 for _, s in pts])
-        ax.errorbar(x, m, yerr=np.vstack([lo, hi]), marker="o", capsize=3, color=_color(variants, v), label=v)
-    if len(xs) > 1 and xs[-1] / xs[0] >= 4:
-        ax.set_xscale("log")
-    ax.set_xticks(xs, [_ffrac(f) for f in xs])
-    ax.minorticks_off()
-    ax.set_xlabel("training fraction")
-    ax.set_ylabel("mean Dice (95% CI over seeds)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
-
-
-def _plot_means(cells: dict, variants: list[str], fractions: list[float], title: str, path: Path) -> Path:
-    fig = Figure(figsize=(max(5.0, 0.6 * len(variants) * len(fractions) + 2.0), 4.5), dpi=_DPI, layout="constrained")
-    ax = fig.subplots()
-    ticks, labels, pos = [], [], 0.0
-    for fraction in fractions:
-        for v in variants:
-            if (v, fraction) not in cells:
-                continue
-            m, lo, hi, _ = mean_ci(cells[(v, fraction)].seed_means("dice_fg"), _CONFIDENCE)
-            err = [[m - lo if not math.isnan(lo) else 0.0], [hi - m if not math.isnan(hi) else 0.0]]
-            ax.errorbar([pos], [m], yerr=err, marker="o", capsize=4, color=_color(variants, v))
-            ticks.append(pos)
-            labels.append(f"{v}\n@{_ffrac(fraction)}")
-            pos += 1.0
-        pos += 0.5
-    ax.set_xticks(ticks, labels, fontsize=8)
-    ax.set_ylabel("mean Dice (95% CI over seeds)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3, axis="y")
-    return _save(fig, path)
-
-
-def _plot_curves(curves: dict, variants: list[str], fractions: list[float], title: str, path: Path) -> Path:
-    fig = Figure(figsize=(7.0, 4.5), dpi=_DPI, layout="constrained")
-    ax = fig.subplots()
-    for (v, fraction), runs in sorted(curves.items(), key=lambda kv: (variants.index(kv[0][0]), -kv[0][1])):
-        epochs = np.array(sorted({e for ep, _ in runs for e in ep}), dtype=np.float64)
-        means = []
-        for e in epochs:
-            means.append(float(np.concatenate([val[ep == e] for ep, val in runs]).mean()))
-        style = _LINESTYLES[fractions.index(fraction) % len(_LINESTYLES)]
-        ax.plot(epochs, means, linestyle=style, marker="o", markersize=3, color=_color(variants, v),
-                label=f"{v} @{_ffrac(fraction)} (n={len(runs)})")  # fmt: skip
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(f"{_CURVE_COLUMN} (mean over seeds)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
-
-
-# ---------------------------------------------------------------------------------------------------- report
 
 
 def _rel(path: Path, out_dir: Path) -> str:
