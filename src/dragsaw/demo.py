@@ -24,7 +24,7 @@ class DemoSettings:
     seed: int = 0
 
 
-DEMO = DemoSettings(n_train=80, n_test=30, size=128, epochs=20)
+DEMO = DemoSettings(n_train=80, n_test=30, size=128, epochs=16)
 QUICK = DemoSettings(n_train=12, n_test=4, size=64, epochs=1)
 DEMO_3D = DemoSettings(n_train=12, n_test=4, size=48, epochs=30)
 QUICK_3D = DemoSettings(n_train=6, n_test=2, size=48, epochs=1)
