@@ -23,6 +23,9 @@ __all__ = ["main", "build_parser", "check_output_dir"]
 EXIT_ERROR = 2
 EXIT_INTERNAL = 3
 
+INFERENCE_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+"""``--precision`` of evaluate / predict: :data:`dragsaw.inference.PRECISIONS` (not imported here: it loads torch)."""
+
 
 class _Failed(DragsawError):
     """A command that ran to completion but must exit with ``code`` and a message (e.g. a failed check)."""
@@ -82,7 +85,8 @@ def cmd_train(args) -> int:
     if args.deterministic:
         config.train.deterministic = True
     metrics = train(config, out, resume=bool(args.resume), progress=not args.quiet)
-    _print_summary(metrics, out)
+    if metrics:  # empty on the ranks other than 0 of a run of several processes: rank 0 reports once
+        _print_summary(metrics, out)
     return 0
 
 
@@ -97,9 +101,29 @@ def _print_summary(metrics: dict, where: Path) -> None:
     print(f"results in {where}")
 
 
+def _inference_options(args) -> dict:
+    """``--device``, ``--precision``, ``--tta/--no-tta``, ``--sw-batch-size`` and the progress bar (on when stderr is
+    a terminal and ``--quiet`` is not given) of ``evaluate`` / ``predict``, checked before any file is read.
+
+    Raises:
+        ConfigError: a device this machine lacks, a precision it cannot run, or ``--sw-batch-size`` < 1.
+    """
+    from .inference import autocast_dtype, resolve_device
+
+    device = resolve_device(args.device)
+    autocast_dtype(args.precision, device)
+    if args.sw_batch_size is not None and args.sw_batch_size < 1:
+        raise ConfigError(f"--sw-batch-size {args.sw_batch_size} must be >= 1 (windows per forward of the "
+                          "sliding-window inference); use e.g. --sw-batch-size 2, or leave it out for the run's "
+                          "train.sw_batch_size.")
+    return {"device": device, "precision": args.precision, "tta": args.tta, "sw_batch_size": args.sw_batch_size,
+            "progress": not args.quiet and sys.stderr.isatty()}
+
+
 def cmd_evaluate(args) -> int:
     from .engine import evaluate_run
 
+    options = _inference_options(args)
     config = _config(args) if args.preset else None
     overrides: list[str] = []
     if config is None:  # the run's own data: --set data.root=NEW (or --data-root) says where it is now
@@ -109,7 +133,7 @@ def cmd_evaluate(args) -> int:
                 overrides.append(f"{key}={json.dumps(str(value))}")  # JSON is YAML: any path stays one string
     if args.out or Path(args.run).is_dir():
         check_output_dir(args.out or Path(args.run) / "evaluation")
-    metrics = evaluate_run(args.run, config, out=args.out, overrides=overrides)
+    metrics = evaluate_run(args.run, config, out=args.out, overrides=overrides, **options)
     _print_summary(metrics, Path(args.out) if args.out else Path(args.run) / "evaluation")
     return 0
 
@@ -118,6 +142,10 @@ def cmd_predict(args) -> int:
     from .engine import load_task
     from .inference import predict_files, read_predict_manifest
 
+    options = _inference_options(args)
+    if args.num_workers < 0:
+        raise ConfigError(f"--num-workers {args.num_workers} must be >= 0 (0: read the inputs in the main process); "
+                          "use e.g. --num-workers 2.")
     task, _ = load_task(args.run)
     inputs: list[Path] = []
     for item in args.inputs:
@@ -149,7 +177,8 @@ def cmd_predict(args) -> int:
     written: list[Path] = []
     try:
         written, failures = predict_files(task.model, inputs, out, task.config, probabilities=args.probabilities,
-                                          in_channels=task.hparams.get("in_channels"), overwrite=args.overwrite)
+                                          in_channels=task.hparams.get("in_channels"), overwrite=args.overwrite,
+                                          num_workers=args.num_workers, **options)
     finally:
         for folder in [] if written else created:  # nothing written: leave no empty output folder behind
             if folder.is_dir() and not any(folder.iterdir()):
@@ -266,6 +295,21 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--extra-root", help="second dataset folder (PH2 for the isic2016-ph2 protocol)")
         p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.epochs=5")
 
+    def inference_args(p) -> None:
+        p.add_argument("--device", default="auto",
+                       help="auto, cpu, cuda, cuda:N or mps (default auto: cuda if available, else mps, else cpu)")
+        p.add_argument("--precision", default="32-true", choices=INFERENCE_PRECISIONS,
+                       help="32-true (default), or the network in bfloat16 / float16 under autocast (bf16-mixed, "
+                            "16-mixed); probabilities and metrics stay float32")
+        p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                       help="test-time mirroring: average over flips of every spatial axis (1 + 2 or 3 forward "
+                            "passes; default: the run's train.mirror)")
+        p.add_argument("--sw-batch-size", type=int, metavar="N",
+                       help="3D: windows per forward of the sliding-window inference (default: the run's "
+                            "train.sw_batch_size)")
+        p.add_argument("--quiet", action="store_true", help="no progress bar (there is none when stderr is not a "
+                                                            "terminal)")
+
     train = sub.add_parser("train", help="train a model into a run directory")
     data_args(train, required_preset=False)
     train.add_argument("--out", help="run directory (default: runs/<preset>)")
@@ -279,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run", help="run directory or checkpoint")
     data_args(evaluate, required_preset=False)
     evaluate.add_argument("--out", help="where metrics.json and overlays go (default: RUN/evaluation)")
+    inference_args(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = sub.add_parser("predict", help="predict masks, probabilities and uncertainty maps for images")
@@ -289,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overwrite", action="store_true",
                          help="replace the outputs of an earlier predict into --out (only files dragsaw wrote there, "
                               "unchanged; never an input)")
+    inference_args(predict)
+    predict.add_argument("--num-workers", type=int, default=0, metavar="N",
+                         help="read the inputs in N worker processes ahead of the network (default 0: one at a time "
+                              "in the main process)")
     predict.set_defaults(func=cmd_predict)
 
     verify = sub.add_parser("verify", help="check every case of a dataset; exit 0 clean, 1 warnings (--strict), 2 errors")

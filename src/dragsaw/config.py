@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -125,7 +126,11 @@ class TrainConfig:
     class_weights: list[float] | None = None
     precision: str = "32-true"
     accelerator: str = "auto"
-    devices: int = 1
+    devices: int | str | list[int] = 1  # as Lightning takes it: 2, "auto", -1 (all), [0, 2] or "0,2"
+    strategy: str = "auto"  # Lightning's strategy name: auto, ddp, ddp_find_unused_parameters_true, fsdp, ...
+    num_nodes: int = 1
+    sync_batchnorm: bool = False  # several devices: batch-norm statistics over the whole global batch
+    compile: bool = False  # torch.compile the host network for training (a warm-up cost, then faster steps)
     num_workers: int = 0
     seed: int = 666
     deterministic: bool = False
@@ -134,7 +139,7 @@ class TrainConfig:
     iterations_per_epoch: int | None = None  # 3D: patches per epoch = iterations x batch (nnU-Net: 250)
     sw_overlap: float = 0.5  # 3D sliding-window inference: overlap of neighbouring windows
     sw_batch_size: int = 2  # 3D sliding-window inference: windows per forward
-    mirror: bool = False  # 3D inference: average over flips of every axis (test-time mirroring)
+    mirror: bool = False  # inference: average over flips of every spatial axis (test-time mirroring; --tta/--no-tta)
     channels_last: bool = True  # keep conv weights and activations channels-last (oneDNN / tensor cores run faster)
 
 
@@ -334,7 +339,7 @@ _RANGES: dict[str, _Range] = {
     "train.min_lr": _Range(0, 1e6),
     "train.dice_weight": _NON_NEGATIVE,
     "train.class_weights": _NON_NEGATIVE,
-    "train.devices": _Range(1, 1024),
+    "train.num_nodes": _Range(1, 65536),
     "train.num_workers": _Range(0, 1024),
     "train.seed": _SEED,
     "train.val_every": _Range(1, _INT_MAX),
@@ -438,10 +443,36 @@ def _check_relations(config: RunConfig, where: str) -> None:
         if len(pair) != 2 or pair[0] == pair[1]:
             raise ConfigError(f"{where}every entry of pdcr.cross_layers must be a pair of two different layer names, "
                               f"e.g. [encoder.2, decoder.0], got {pair!r}.")
+    _check_devices(tc.devices, where)
     lvb = tc.limit_val_batches
     if not (_Range(1, _INT_MAX).holds(lvb) if isinstance(lvb, int) else _Range(0, 1, lo_open=True).holds(lvb)):
         raise ConfigError(f"{where}train.limit_val_batches must be an int >= 1 (batches) or a float in (0, 1] (a "
                           f"fraction of the validation batches), got {_kind(lvb)}.")
+
+
+_DEVICE_LIST = re.compile(r"^\s*\d+\s*(,\s*\d+\s*)*,?\s*$")
+
+
+def _check_devices(devices: Any, where: str) -> None:
+    """``train.devices`` in the forms Lightning takes: a count >= 1, -1 or "auto" (all of the accelerator's
+    devices), a list of device indices, or their text ("0,2"; "1," is device 1).
+
+    Raises:
+        ConfigError: naming the value and the forms above.
+    """
+    forms = ("a count >= 1 (e.g. 2), -1 or 'auto' (all devices), a list of device indices (e.g. [0, 2]) or their "
+             "text ('0,2')")
+    if is_int(devices):
+        ok = devices == -1 or 1 <= devices <= 1024
+    elif isinstance(devices, list):
+        ok = bool(devices) and all(is_int(d) and 0 <= d < 1024 for d in devices) and len(set(devices)) == len(devices)
+    elif isinstance(devices, str):
+        ok = devices.strip() in ("auto", "-1") or bool(_DEVICE_LIST.match(devices))
+    else:
+        ok = False
+    if not ok:
+        raise ConfigError(f"{where}train.devices must be {forms}, got {_kind(devices)}; fix it with --set "
+                          "train.devices=...")
 
 
 def check_config(config: RunConfig, where: str = "") -> None:

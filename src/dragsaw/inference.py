@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,17 +22,20 @@ import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from PIL import Image
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from ._atomic import atomic_file, write_json_atomic
 from .data import (Case, SegmentationDataset, collate_eval, image_channels, preprocess_transforms, read_image,
                    to_original_geometry, write_nifti)
-from .errors import DataError, DragsawError
+from .errors import ConfigError, DataError, DragsawError
 from .metrics import case_metrics, error_auroc, resize_logits_in_blocks, softmax_entropy
 from .report import save_overlay_png
 from .uafs import UncertaintySelect, uncertainty_maps
 
 __all__ = [
-    "InferenceSettings", "infer", "record_uncertainty", "finest_uncertainty", "evaluate_loader", "predict_files",
+    "InferenceSettings", "PRECISIONS", "resolve_device", "autocast_dtype", "infer", "record_uncertainty",
+    "finest_uncertainty", "evaluate_loader", "predict_files",
     "save_png_atomic", "prediction_names", "PREDICT_MANIFEST", "read_predict_manifest",
 ]
 
@@ -38,13 +44,116 @@ PREDICT_MANIFEST = ".dragsaw-predict.json"
 only these, unchanged, may be replaced by a later ``predict --overwrite``."""
 
 
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+"""Inference precisions (``--precision``): float32 throughout, or the network under ``torch.autocast`` in bfloat16 /
+float16; the logits are cast to float32 before anything is computed from them (probabilities, metrics)."""
+
+_AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
+"""The values :func:`resolve_device` (``--device``) takes."""
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def resolve_device(text: str | torch.device = "auto") -> torch.device:
+    """The device that ``text`` (``--device``) names, checked against this machine.
+
+    ``"auto"``: the current CUDA device when there is one, else Apple's MPS when available, else the CPU. ``"cpu"``,
+    ``"cuda"`` (the current CUDA device), ``"cuda:N"`` and ``"mps"`` are taken when this machine has them; a
+    :class:`torch.device` is checked the same way.
+
+    Returns:
+        a :class:`torch.device` (``cuda`` always with its index, e.g. ``cuda:0``).
+
+    Raises:
+        ConfigError: an unknown name (e.g. ``"tpu"``) or a device this machine lacks (e.g. ``"cuda:1"`` with one
+            GPU: ``--device cuda:1 but this machine has 1 CUDA device(s) (cuda:0); use --device cpu or cuda:0``).
+    """
+    value = str(text).strip().lower()
+    if value == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    if value == "cpu":
+        return torch.device("cpu")
+    kind, colon, index = value.partition(":")
+    if kind == "cuda" and (not colon or index.isdigit()):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(
+                f"--device {value} but this machine has no CUDA device (torch.cuda.is_available() is False: no "
+                f"NVIDIA GPU or driver, or a CPU-only PyTorch build, torch {torch.__version__}); use --device cpu "
+                "(or --device auto, which takes the best device there is)"
+            )
+        number = int(index) if colon else torch.cuda.current_device()
+        if number >= count:
+            have = ", ".join(f"cuda:{i}" for i in range(count))
+            raise ConfigError(f"--device {value} but this machine has {count} CUDA device(s) ({have}); use --device "
+                              f"cpu or {'cuda:0' if count == 1 else 'one of ' + have}")
+        return torch.device("cuda", number)
+    if kind == "mps" and (not colon or index == "0"):
+        if not _mps_available():
+            raise ConfigError(f"--device {value} but Apple's MPS backend is not available on this machine (it needs an "
+                              "Apple-silicon Mac and a PyTorch build with MPS); use --device cpu (or --device auto)")
+        return torch.device("mps")
+    raise ConfigError(f"--device {str(text)!r} is not a device dragsaw can use; use one of {DEVICE_CHOICES} (auto: "
+                      "cuda if available, else mps, else cpu)")
+
+
+def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
+    """The dtype the network runs in under ``torch.autocast`` for ``precision`` on ``device``.
+
+    ``"32-true"`` -> ``None`` (no autocast: float32), ``"bf16-mixed"`` -> ``torch.bfloat16``, ``"16-mixed"`` ->
+    ``torch.float16``. Both mixed precisions work on CUDA (bfloat16 only where the GPU has it natively, Ampere and
+    newer), on MPS and on the CPU (PyTorch's CPU autocast takes both; float16 there is correct but rarely faster).
+
+    Raises:
+        ConfigError: ``precision`` is not one of :data:`PRECISIONS`, or ``device`` cannot run it (the message names
+            both and the precision to use instead).
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision {precision!r} is not an inference precision; use one of "
+                          f"{', '.join(PRECISIONS)} (32-true: float32, the default)")
+    dtype = _AUTOCAST_DTYPES.get(precision)
+    if dtype is None:
+        return None
+    device = torch.device(device)
+    if device.type == "cuda" and dtype == torch.bfloat16:
+        with torch.cuda.device(device):
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        if not native:
+            raise ConfigError(f"--precision bf16-mixed but {device} ({torch.cuda.get_device_name(device)}) has no "
+                              "native bfloat16 (it needs an Ampere or newer GPU); use --precision 16-mixed or 32-true")
+    reason = None
+    with warnings.catch_warnings(record=True) as caught:  # torch disables an unsupported autocast with a warning
+        warnings.simplefilter("always")
+        try:
+            enabled = getattr(torch.autocast(device.type, dtype=dtype), "_enabled", True)
+        except (RuntimeError, ValueError) as exc:
+            enabled, reason = False, str(exc)
+    if not enabled:
+        reason = reason or "; ".join(str(w.message).replace("\n", " ") for w in caught) or "autocast is disabled"
+        raise ConfigError(f"--precision {precision} is not supported on {device} by torch {torch.__version__} "
+                          f"({reason}); use --precision 32-true" + (" or bf16-mixed" if dtype == torch.float16 else ""))
+    return dtype
+
+
 @dataclass(frozen=True)
 class InferenceSettings:
     """How a model is applied to a whole image or volume.
 
     2D images go through the network at once; volumes (``spatial_dims=3``) through MONAI's sliding-window
-    inference with Gaussian blending (``roi_size`` windows, ``overlap``, ``sw_batch_size`` windows per forward),
-    optionally averaged over flips of every spatial axis (``mirror``).
+    inference with Gaussian blending (``roi_size`` windows, ``overlap``, ``sw_batch_size`` windows per forward).
+    ``mirror`` (test-time augmentation, 2D and 3D): the logits and the uncertainty map are averaged over the input
+    and its flips along each spatial axis, one axis at a time (1 + ``spatial_dims`` passes instead of 1).
+    ``precision`` (one of :data:`PRECISIONS`): the network runs under ``torch.autocast`` for the mixed ones.
+
+    Raises:
+        ConfigError: ``precision`` is not one of :data:`PRECISIONS`, or ``sw_batch_size`` < 1.
     """
 
     spatial_dims: int = 2
@@ -52,16 +161,32 @@ class InferenceSettings:
     overlap: float = 0.5
     sw_batch_size: int = 2
     mirror: bool = False
+    precision: str = "32-true"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision {self.precision!r} is not an inference precision; use one of "
+                              f"{', '.join(PRECISIONS)}")
+        if isinstance(self.sw_batch_size, bool) or not isinstance(self.sw_batch_size, int) or self.sw_batch_size < 1:
+            raise ConfigError(f"--sw-batch-size {self.sw_batch_size!r} (windows per forward of the sliding-window "
+                              "inference) must be a whole number >= 1; use e.g. --sw-batch-size 2")
 
     @classmethod
-    def from_config(cls, config) -> InferenceSettings:
+    def from_config(cls, config, *, mirror: bool | None = None, sw_batch_size: int | None = None,
+                    precision: str = "32-true") -> InferenceSettings:
+        """The settings of a run's configuration; ``mirror`` / ``sw_batch_size`` replace the run's ``train.mirror``
+        / ``train.sw_batch_size`` unless None."""
         tc = config.train
-        return cls(config.model.spatial_dims, tuple(config.data.input_size), tc.sw_overlap, tc.sw_batch_size, tc.mirror)
+        return cls(config.model.spatial_dims, tuple(config.data.input_size), tc.sw_overlap,
+                   tc.sw_batch_size if sw_batch_size is None else sw_batch_size,
+                   tc.mirror if mirror is None else bool(mirror), precision)
 
 
-def _forward_with_uncertainty(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Logits ``[B, K, *S]`` with the finest UAFS map appended as channel ``K`` when the model records one."""
-    logits = model(x)
+def _forward_with_uncertainty(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Logits ``[B, K, *S]`` with the finest UAFS map appended as channel ``K`` when the model records one; the
+    network runs under ``torch.autocast(dtype)`` unless ``dtype`` is None, the result is float32."""
+    with torch.autocast(x.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext():
+        logits = model(x)
     logits = logits[0] if isinstance(logits, (list, tuple)) else logits
     unc = finest_uncertainty(model, x.shape[2:])
     return logits.float() if unc is None else torch.cat([logits.float(), unc], dim=1)
@@ -69,28 +194,42 @@ def _forward_with_uncertainty(model: nn.Module, x: torch.Tensor) -> torch.Tensor
 
 @torch.no_grad()
 def infer(model: nn.Module, images: torch.Tensor, settings: InferenceSettings) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logits and (for models with UAFS) the uncertainty map of whole images or volumes.
+    """Logits and (for models with UAFS) the uncertainty map of whole images or volumes, in float32.
+
+    2D images go through the network at once, volumes window by window (see :class:`InferenceSettings`). With
+    ``settings.mirror`` both outputs are averaged over the input and its flips along each spatial axis (3 passes
+    for images, 4 for volumes); with a mixed ``settings.precision`` the network runs under ``torch.autocast`` on
+    ``images.device``. ``model`` must be on ``images.device``.
 
     Shape:
         ``images`` ``[B, C, *S]`` -> logits ``[B, K, *S]`` and uncertainty ``[B, 1, *S]`` (or ``None``).
-    """
-    has_uafs = record_uncertainty(model, True) > 0
-    try:
-        if settings.spatial_dims == 3:
-            def predictor(x):
-                return _forward_with_uncertainty(model, x)
 
-            flips = [()] + ([(a,) for a in range(2, images.ndim)] if settings.mirror else [])
-            total = None
-            for axes in flips:
-                x = images.flip(axes) if axes else images
-                out = sliding_window_inference(x, settings.roi_size, settings.sw_batch_size, predictor,
-                                               overlap=settings.overlap, mode="gaussian")
-                out = out.flip(axes) if axes else out
-                total = out if total is None else total + out
-            out = total / len(flips)
-        else:
-            out = _forward_with_uncertainty(model, images)
+    Raises:
+        ConfigError: ``settings.precision`` cannot run on ``images.device`` (see :func:`autocast_dtype`).
+    """
+    dtype = autocast_dtype(settings.precision, images.device)
+    has_uafs = record_uncertainty(model, True) > 0
+    weights = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    if dtype is None and weights != images.dtype and images.is_floating_point():  # e.g. a run trained in 64-true
+        images = images.to(weights)
+
+    def predictor(x):
+        return _forward_with_uncertainty(model, x, dtype)
+
+    def whole(x):
+        if settings.spatial_dims == 3:
+            return sliding_window_inference(x, settings.roi_size, settings.sw_batch_size, predictor,
+                                            overlap=settings.overlap, mode="gaussian")
+        return predictor(x)
+
+    try:
+        flips = [()] + ([(a,) for a in range(2, images.ndim)] if settings.mirror else [])
+        total = None
+        for axes in flips:
+            out = whole(images.flip(axes) if axes else images)
+            out = out.flip(axes) if axes else out
+            total = out if total is None else total + out
+        out = total / len(flips) if len(flips) > 1 else total
     finally:
         record_uncertainty(model, False)
     if has_uafs:
@@ -165,6 +304,8 @@ def evaluate_loader(
     include_hd95: bool = True,
     overlays: int = 0,
     regions: dict[str, list[int]] | None = None,
+    progress: bool = False,
+    description: str = "evaluate",
 ) -> tuple[list[dict], list[dict]]:
     """Per-case metrics at the native resolution / original geometry over an evaluation loader.
 
@@ -178,6 +319,9 @@ def evaluate_loader(
     normalised softmax entropy of the final logits (the reference any model has). Both are NaN for a case with
     no wrong or no right pixel.
 
+    The network runs on ``device`` (``model`` must be there) with ``settings`` (test-time mirroring, precision,
+    sliding-window batch); ``progress`` shows a bar of the cases done on stderr, labelled ``description``.
+
     Returns:
         ``(per_case, overlay_items)``: one metrics dict per case (with ``case_id``), and up to ``overlays`` items
         for :func:`dragsaw.report.plot_overlays`.
@@ -186,6 +330,11 @@ def evaluate_loader(
     was_training = model.training
     model.eval()
     per_case, items = [], []
+    try:
+        total = len(loader.dataset)
+    except (AttributeError, TypeError):
+        total = None
+    bar = tqdm(total=total, desc=description, unit="case", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     try:
         for batch in loader:
             logits, unc = infer(model, batch["image"].to(device), settings)
@@ -210,6 +359,7 @@ def evaluate_loader(
                 if regions:
                     scores |= _region_scores(pred.numpy(), native.numpy(), regions, spacing, include_hd95)
                 per_case.append({"case_id": case_id, **scores})
+                bar.update(1)
                 if len(items) < overlays:
                     if settings.spatial_dims == 3:
                         items.append(_overlay_item_3d(batch, pred_pre, None if unc is None else unc[i, 0].cpu(), case_id))
@@ -219,6 +369,7 @@ def evaluate_loader(
                                       "pred": pred.numpy(), "case_id": case_id,
                                       **({"uncertainty": u_native} if u_native is not None else {})})
     finally:
+        bar.close()
         model.train(was_training)
     return per_case, items
 
@@ -297,13 +448,67 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-def _predict_image(model, path: Path, out_dir: Path, config, settings: InferenceSettings, device) -> list[Path]:
+def _load_image(path: Path, config) -> dict:
+    """A 2D input read for :func:`_predict_image`: ``"image"`` ``[1, C, h, w]`` (the network input), ``"size"``
+    ``(H, W)`` (native) and ``"native"`` ``[C, H, W]`` float32 in [0, 1] (for the overlay)."""
     dc = config.data
     dataset = SegmentationDataset([Case(path.stem, path, None)], num_classes=dc.num_classes,
                                   input_size=dc.input_size, train=False, cache=False, mean=dc.mean, std=dc.std)
     batch = collate_eval([dataset[0]])
-    size = tuple(int(s) for s in batch["image_native_size"][0])
-    logits, unc = infer(model, batch["image"].to(device), settings)
+    return {"image": batch["image"], "size": tuple(int(s) for s in batch["image_native_size"][0]),
+            "native": torch.as_tensor(np.ascontiguousarray(read_image(path)))}  # a tensor: shared memory from workers
+
+
+def _load_volume(path: Path, config) -> dict:
+    """A volume read and preprocessed for :func:`_predict_volume`: ``"image"`` ``[1, C, X, Y, Z]`` and ``"meta"``
+    (the input's geometry, for :func:`dragsaw.data.to_original_geometry`)."""
+    dc = config.data
+    pipeline = preprocess_transforms(dc.target_spacing, dc.modalities or ["MRI"], dc.ct_stats,
+                                     num_classes=dc.num_classes)
+    item = pipeline({"image": str(path)})
+    return {"image": item["image"][None], "meta": item["meta"]}
+
+
+_INPUT_ERRORS = (DragsawError, OSError, ValueError, RuntimeError)
+"""What a bad input raises: reported for that input, the others go on."""
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+class _PredictInputs(Dataset):
+    """The inputs of :func:`predict_files`, checked and read (in DataLoader workers when ``num_workers > 0``).
+
+    Item ``i`` is :func:`_load_image` / :func:`_load_volume` of ``jobs[i]``, or ``{"error": reason}`` for a bad
+    input, so that one bad file does not stop the loader.
+    """
+
+    def __init__(self, jobs: list[tuple[Path, bool, str]], config, in_channels: int | None) -> None:
+        self.jobs, self.config, self.in_channels = jobs, config, in_channels
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, index: int) -> dict:
+        path, volume, _ = self.jobs[index]
+        try:
+            _check_input(path, volume, self.in_channels)
+            return _load_volume(path, self.config) if volume else _load_image(path, self.config)
+        except _INPUT_ERRORS as exc:
+            return {"error": _reason(exc)}
+
+
+def _as_is(item):
+    """The DataLoader's per-item ``collate_fn``: items pass unchanged (no batching, no numpy-to-tensor)."""
+    return item
+
+
+def _predict_image(model, loaded: dict, path: Path, out_dir: Path, config, settings: InferenceSettings,
+                   device) -> list[Path]:
+    dc = config.data
+    size = loaded["size"]
+    logits, unc = infer(model, loaded["image"].to(device), settings)
     # native-size outputs made a band of columns at a time: memory holds the outputs and one band of K x H x w
     # floats, never the whole K x H x W resized logits and their softmax
     binary = dc.num_classes == 2
@@ -316,18 +521,13 @@ def _predict_image(model, path: Path, out_dir: Path, config, settings: Inference
         probs[..., cols] = (p[1].numpy() * 255).round() if binary else p.numpy()  # cast to uint8 / float16
         del p
     unc = None if unc is None else _native_uncertainty(unc, size)
-    image = read_image(path)
-    return _write_prediction(out_dir, path.stem, image, pred, probs, unc, dc.num_classes)
+    return _write_prediction(out_dir, path.stem, loaded["native"].numpy(), pred, probs, unc, dc.num_classes)
 
 
-def _predict_volume(model, path: Path, out_dir: Path, config, settings: InferenceSettings, device,
+def _predict_volume(model, loaded: dict, path: Path, out_dir: Path, config, settings: InferenceSettings, device,
                     probabilities: bool) -> list[Path]:
-    dc = config.data
-    pipeline = preprocess_transforms(dc.target_spacing, dc.modalities or ["MRI"], dc.ct_stats,
-                                     num_classes=dc.num_classes)
-    item = pipeline({"image": str(path)})
-    logits, unc = infer(model, item["image"][None].to(device), settings)
-    meta = item["meta"]
+    logits, unc = infer(model, loaded["image"].to(device), settings)
+    meta = loaded["meta"]
     stem = _stem(path)
     pred = to_original_geometry(logits[0].argmax(0).cpu().numpy(), meta)
     written = [write_nifti(np.asarray(pred), meta["affine"], out_dir / f"{stem}_seg.nii.gz")]
@@ -484,6 +684,11 @@ def predict_files(
     probabilities: bool = False,
     in_channels: int | None = None,
     overwrite: bool = False,
+    precision: str = "32-true",
+    tta: bool | None = None,
+    sw_batch_size: int | None = None,
+    progress: bool = False,
+    num_workers: int = 0,
 ) -> tuple[list[Path], dict[str, str]]:
     """Predict every input with the run's configuration and write the outputs to ``out_dir``.
 
@@ -503,14 +708,29 @@ def predict_files(
     ``overwrite`` it may, but then only files an earlier call wrote there, unchanged, are replaced (they are listed
     in ``out_dir``/:data:`PREDICT_MANIFEST`, which every call updates atomically), and never an input.
 
+    How: ``model`` is moved to ``device`` (a name or :class:`torch.device`, checked by :func:`resolve_device`:
+    ``"auto"``, ``"cpu"``, ``"cuda:1"``, ...) and run at ``precision`` (one of :data:`PRECISIONS`); ``tta`` (None:
+    the run's ``train.mirror``) averages over the flips of every spatial axis; ``sw_batch_size`` (None: the run's
+    ``train.sw_batch_size``) is the number of windows per forward for volumes. With ``num_workers`` > 0 the inputs
+    are checked and read in that many DataLoader worker processes, ahead of the network (up to ``2 * num_workers``
+    inputs wait in memory); each input's outputs are written as soon as it is predicted, in input order.
+    ``progress`` shows a bar of the inputs done on stderr.
+
     Returns:
         ``(written_files, failures)``.
 
     Raises:
+        ConfigError: ``device``, ``precision``, ``sw_batch_size`` or ``num_workers`` is not usable here (the message
+            names the value and the fix); nothing is written then.
         DataError: ``out_dir`` holds inputs or files this call would write (see above); nothing is written then.
     """
     out_dir = Path(out_dir)
-    settings = InferenceSettings.from_config(config)
+    device = resolve_device(device)
+    settings = InferenceSettings.from_config(config, mirror=tta, sw_batch_size=sw_batch_size, precision=precision)
+    autocast_dtype(settings.precision, device)
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ConfigError(f"--num-workers {num_workers!r} must be a whole number >= 0 (0: read the inputs in the main "
+                          "process); use e.g. --num-workers 2")
     uncertainty = any(isinstance(m, UncertaintySelect) for m in model.modules())
     inputs = [Path(p) for p in inputs]
     failures: dict[str, str] = {}
@@ -537,6 +757,7 @@ def predict_files(
     manifest = _check_out_dir(out_dir, inputs, planned, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     was_training = model.training
+    model.to(device)
     model.eval()
     written: list[Path] = []
     recorded = len(written)
@@ -549,16 +770,24 @@ def predict_files(
         write_json_atomic({"tool": "dragsaw predict", "version": 1, "files": manifest}, out_dir / PREDICT_MANIFEST)
         recorded, last_record = len(written), time.monotonic()
 
+    loader = DataLoader(_PredictInputs(jobs, config, in_channels), batch_size=None, shuffle=False,
+                        num_workers=num_workers, collate_fn=_as_is)
+    bar = tqdm(total=len(jobs), desc="predict", unit="file", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     try:
-        for path, volume, stem in jobs:
+        for index, loaded in enumerate(loader):  # in input order; workers read ahead
+            path, volume, stem = jobs[index]
+            if "error" in loaded:  # found while checking or reading it: nothing of it reached the network
+                failures[str(path)] = loaded["error"]
+                bar.set_postfix(failed=len(failures), refresh=False)
+                bar.update(1)
+                continue
             staging = Path(tempfile.mkdtemp(prefix=f".{stem}.", suffix=".tmp", dir=out_dir))
             moved: list[Path] = []
             try:
-                _check_input(path, volume, in_channels)
                 if volume:
-                    files = _predict_volume(model, path, staging, config, settings, device, probabilities)
+                    files = _predict_volume(model, loaded, path, staging, config, settings, device, probabilities)
                 else:
-                    files = _predict_image(model, path, staging, config, settings, device)
+                    files = _predict_image(model, loaded, path, staging, config, settings, device)
                 entries = {file.name: {"sha256": _sha256(file), "size": file.stat().st_size,
                                        "input": os.path.abspath(path)} for file in files}
                 for file in files:  # all outputs of this input are complete: move them out together
@@ -568,13 +797,16 @@ def predict_files(
                 written += moved
                 if time.monotonic() - last_record > 1.0:
                     record()
-            except (DragsawError, OSError, ValueError, RuntimeError) as exc:
+            except _INPUT_ERRORS as exc:
                 for file in moved:
                     file.unlink(missing_ok=True)  # no partial set of outputs for this input
-                failures[str(path)] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                failures[str(path)] = _reason(exc)
+                bar.set_postfix(failed=len(failures), refresh=False)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
+            bar.update(1)
     finally:
+        bar.close()
         model.train(was_training)
         record()
     return written, failures

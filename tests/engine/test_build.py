@@ -191,3 +191,34 @@ def test_mlp_heads_are_optimised_with_the_network():
     optimised = {id(p) for group in task.configure_optimizers()["optimizer"].param_groups for p in group["params"]}
     heads = list(task.pdcr.heads.parameters())
     assert heads and all(id(p) in optimised for p in heads)
+
+
+def test_channels_last_leaves_1x1_kernels_in_the_layout_autograd_gives_their_grads():
+    """DDP copies each gradient into a bucket laid out like its parameter; for a 1x1 kernel autograd returns the
+    plain layout, so the parameter must have it too (else DDP warns "Grad strides do not match" every step)."""
+    from dragsaw.engine import SegmentationTask
+
+    task = SegmentationTask.from_config(cfg(), in_channels=3)
+    kernels = [m.weight for m in task.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    ones = [w for w in kernels if w.shape[2:] == (1, 1)]
+    assert ones and all(w.stride() == torch.empty(w.shape).stride() for w in ones)
+    task.log_dict = task.log = lambda *a, **k: None
+    batch = {"image": torch.randn(2, 3, 64, 64), "label": torch.randint(0, 2, (2, 64, 64))}
+    task.training_step(batch, 0).backward()
+    assert all(w.grad.stride() == w.stride() for w in kernels)
+
+
+def test_train_compile_compiles_the_host_in_place_keeping_checkpoint_names():
+    from dragsaw.engine import SegmentationTask
+
+    plain = SegmentationTask.from_config(cfg(), in_channels=3)
+    task = SegmentationTask.from_config(cfg("train.compile=true"), in_channels=3)
+    task.setup("fit")
+    assert getattr(task.model, "_compiled_call_impl", None) is not None
+    assert list(task.state_dict()) == list(plain.state_dict())  # no "_orig_mod." prefixes: checkpoints interchange
+    compiled = task.model._compiled_call_impl
+    task.setup("fit")  # a second fit (resume in the same process) does not wrap it twice
+    assert task.model._compiled_call_impl is compiled
+    untouched = SegmentationTask.from_config(cfg(), in_channels=3)
+    untouched.setup("fit")
+    assert getattr(untouched.model, "_compiled_call_impl", None) is None

@@ -50,8 +50,9 @@ class BestCheckpoint(ModelCheckpoint):
     def _best_file(self) -> Path | None:
         return None if not self.dirpath else Path(self.dirpath) / f"{self.filename}{self.FILE_EXTENSION}"
 
-    def _restore_best(self) -> None:
-        """Take the best score from ``best.ckpt`` on disk (nothing to do without a monitor or a best file)."""
+    def _restore_best(self, write: bool = True) -> None:
+        """Take the best score from ``best.ckpt`` on disk (nothing to do without a monitor or a best file);
+        ``write``: refresh ``best.json`` (rank 0 only)."""
         best = self._best_file()
         if self.monitor is None or best is None or not best.is_file():
             return
@@ -76,7 +77,8 @@ class BestCheckpoint(ModelCheckpoint):
         self.best_k_models = {path: score}
         self.best_model_path = self.kth_best_model_path = path
         self.best_model_score = self.kth_value = score
-        self._write_record(int(saved.get("epoch", -1)), int(saved.get("global_step", -1)))
+        if write:
+            self._write_record(int(saved.get("epoch", -1)), int(saved.get("global_step", -1)))
 
     def _write_record(self, epoch: int, step: int) -> None:
         best = self._best_file()
@@ -95,10 +97,10 @@ class BestCheckpoint(ModelCheckpoint):
     def on_fit_start(self, trainer, pl_module) -> None:
         """The best score of the run from ``best.ckpt`` (it may have been written in another place or session)."""
         super().on_fit_start(trainer, pl_module)
-        self._restore_best()
+        self._restore_best(write=trainer.is_global_zero)
 
     def _after_save(self, trainer, before) -> None:
-        if self.monitor is not None and self.best_model_score is not None and \
+        if trainer.is_global_zero and self.monitor is not None and self.best_model_score is not None and \
                 (self.best_model_path, float(self.best_model_score)) != before:
             self._write_record(trainer.current_epoch, trainer.global_step)
 

@@ -13,6 +13,7 @@ from ..data import VolumeDataset, collate_eval3d, ct_statistics, dataset_propert
 from ..data import cross_validation_splits, resolve_splits
 from ..errors import ConfigError
 from .datamodule import all_as_test, preflight, training_subset
+from .distributed import ShardSampler, per_rank_steps, rank_and_world, shard
 
 __all__ = ["VolumeData", "volume_cases"]
 
@@ -41,22 +42,28 @@ class PatchSampler(Sampler[int]):
     """``iterations x batch`` case indices per epoch drawn with replacement, seeded by ``(seed, epoch)``.
 
     Like :class:`dragsaw.engine.datamodule.EpochSampler`, ``set_epoch`` also reseeds the patch/augmentation
-    stream and the DataLoader generator, so a resumed run repeats the uninterrupted run's patches.
+    stream and the DataLoader generator, so a resumed run repeats the uninterrupted run's patches; with
+    ``world > 1`` the ranks share the same global draws out (every ``world``-th from ``rank``).
     """
 
-    def __init__(self, dataset, draws: int, seed: int, generator: torch.Generator) -> None:
-        self.dataset, self.draws, self.seed, self.generator = dataset, int(draws), int(seed), generator
+    def __init__(self, dataset, draws: int, seed: int, generator: torch.Generator, rank: int = 0,
+                 world: int = 1) -> None:
+        self.dataset, self.seed, self.generator = dataset, int(seed), generator
+        self.rank, self.world = int(rank), int(world)
+        self.global_draws = int(draws)
+        self.draws = self.global_draws // self.world
         self.epoch = 0
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
-        self.generator.manual_seed(self.seed * 1_000_003 + self.epoch)
-        self.dataset.reseed(self.seed * 7_919 + self.epoch)
+        self.generator.manual_seed(self.seed * 1_000_003 + self.epoch + 7_777_777 * self.rank)
+        self.dataset.reseed(self.seed * 7_919 + self.epoch + 104_729 * self.rank)
 
     def __iter__(self):
         order = torch.Generator().manual_seed(self.seed * 15_485_863 + self.epoch)
-        return iter(torch.randint(len(self.dataset), (self.draws,), generator=order).tolist())
+        draws = torch.randint(len(self.dataset), (self.global_draws,), generator=order).tolist()
+        return iter(shard(draws[: self.draws * self.world], self.rank, self.world))
 
     def __len__(self) -> int:
         return self.draws
@@ -95,17 +102,31 @@ class VolumeData(L.LightningDataModule):
         }
         self.in_channels = (self.train_set or next(iter(self.eval_sets.values()))).channels
 
-    def steps_per_epoch(self) -> int:
+    def _draws_per_epoch(self) -> int:
         tc = self.config.train
-        return tc.iterations_per_epoch or max(1, len(self.train_set) // tc.batch_size)
+        return (tc.iterations_per_epoch or max(1, len(self.train_set) // tc.batch_size)) * tc.batch_size
+
+    def steps_per_epoch(self, world: int = 1) -> int:
+        """Optimizer steps per epoch on each of ``world`` processes: ``train.iterations_per_epoch`` batches of
+        patches (else one per ``train.batch_size`` training cases) shared out between the processes.
+
+        Raises:
+            ConfigError: fewer patches per epoch than processes.
+        """
+        try:
+            return per_rank_steps(self._draws_per_epoch(), self.config.train.batch_size, world)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
 
     def train_dataloader(self) -> DataLoader:
         tc = self.config.train
         generator = torch.Generator()
+        rank, world = rank_and_world(self.trainer)
+        sampler = PatchSampler(self.train_set, self._draws_per_epoch(), tc.seed, generator, rank, world)
         return DataLoader(
-            self.train_set, batch_size=tc.batch_size, drop_last=True, num_workers=tc.num_workers,
-            sampler=PatchSampler(self.train_set, self.steps_per_epoch() * tc.batch_size, tc.seed, generator),
-            generator=generator, worker_init_fn=worker_init_fn3d if tc.num_workers > 0 else None,
+            self.train_set, batch_size=tc.batch_size, drop_last=len(sampler) >= tc.batch_size,
+            num_workers=tc.num_workers, sampler=sampler, generator=generator,
+            worker_init_fn=worker_init_fn3d if tc.num_workers > 0 else None,
         )
 
     def val_dataloader(self) -> DataLoader | list:
@@ -115,4 +136,6 @@ class VolumeData(L.LightningDataModule):
         """Whole-volume loader of one evaluation split (batch size 1)."""
         if split not in self.eval_sets:
             raise ConfigError(f"the run's data has no {split!r} split (it has {sorted(self.eval_sets)}).")
-        return DataLoader(self.eval_sets[split], batch_size=1, collate_fn=collate_eval3d)
+        rank, world = rank_and_world(self.trainer)  # several processes: each its share, none twice
+        sampler = ShardSampler(len(self.eval_sets[split]), rank, world) if world > 1 else None
+        return DataLoader(self.eval_sets[split], batch_size=1, sampler=sampler, collate_fn=collate_eval3d)

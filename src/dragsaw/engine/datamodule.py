@@ -12,6 +12,7 @@ from ..config import RunConfig
 from ..data import SegmentationDataset, collate_eval, find_cases, nested_subset, resolve_splits, worker_init_fn
 from ..data.verify import verify_cases
 from ..errors import ConfigError, DataError
+from .distributed import ShardSampler, per_rank_steps, rank_and_world, shard
 
 __all__ = ["EpochSampler", "SegmentationData", "all_as_test", "cases_for", "preflight", "training_subset"]
 
@@ -65,33 +66,42 @@ def cases_for(config: RunConfig, splits_path: Path | None, *, verify: bool = Tru
 
 
 class EpochSampler(Sampler[int]):
-    """Shuffling whose order and augmentation seeds depend only on ``(seed, epoch)``.
+    """Shuffling whose order and augmentation seeds depend only on ``(seed, epoch)`` (and the rank).
 
     Lightning calls :meth:`set_epoch` before every training epoch. The permutation, the augmentation random state
     of the dataset (in-process loading) and the DataLoader's generator (from which worker seeds are drawn) are all
     re-derived from the seed and the epoch, so a run resumed at an epoch boundary sees exactly the batches an
-    uninterrupted run would.
+    uninterrupted run would. With ``world > 1`` every rank draws the same global order of ``num_samples`` indices
+    and takes every ``world``-th from ``rank`` (:func:`dragsaw.engine.distributed.shard`); rank 0 of any world
+    keeps the augmentation stream of a single process, the others get their own.
     """
 
-    def __init__(self, dataset, seed: int, generator: torch.Generator, num_samples: int | None = None) -> None:
+    def __init__(self, dataset, seed: int, generator: torch.Generator, num_samples: int | None = None,
+                 rank: int = 0, world: int = 1) -> None:
         self.dataset, self.seed, self.generator = dataset, int(seed), generator
-        self.num_samples = len(dataset) if num_samples is None else int(num_samples)
+        self.rank, self.world = int(rank), int(world)
+        self.global_samples = len(dataset) if num_samples is None else int(num_samples)
+        self.num_samples = self.global_samples // self.world
         self.epoch = 0
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
-        self.generator.manual_seed(self.seed * 1_000_003 + self.epoch)
+        self.generator.manual_seed(self.seed * 1_000_003 + self.epoch + 7_777_777 * self.rank)
         if hasattr(self.dataset, "reseed"):
-            self.dataset.reseed(self.seed * 7_919 + self.epoch)
+            self.dataset.reseed(self.seed * 7_919 + self.epoch + 104_729 * self.rank)
 
-    def __iter__(self):
-        """Whole permutations of the dataset, concatenated and cut to ``num_samples`` (every case once per pass)."""
+    def global_order(self) -> list[int]:
+        """The epoch's indices before sharding: whole permutations of the dataset, concatenated and cut to
+        ``num_samples`` (every case once per pass), the same on every rank."""
         order = torch.Generator().manual_seed(self.seed * 15_485_863 + self.epoch)
         n = len(self.dataset)
-        passes = -(-self.num_samples // n)
-        indices = torch.cat([torch.randperm(n, generator=order) for _ in range(passes)])[: self.num_samples]
-        return iter(indices.tolist())
+        passes = -(-self.global_samples // n)
+        return torch.cat([torch.randperm(n, generator=order) for _ in range(passes)])[: self.global_samples].tolist()
+
+    def __iter__(self):
+        order = self.global_order()
+        return iter(shard(order[: self.num_samples * self.world], self.rank, self.world))
 
     def __len__(self) -> int:
         return self.num_samples
@@ -128,28 +138,39 @@ class SegmentationData(L.LightningDataModule):
     def _loader(self, dataset, train: bool) -> DataLoader:
         tc = self.config.train
         generator = torch.Generator()
+        rank, world = rank_and_world(self.trainer)
+        if train:
+            sampler = EpochSampler(dataset, tc.seed, generator, self._samples_per_epoch(), rank, world)
+        else:  # every rank its share of the cases, none twice (see distributed.gather_cases)
+            sampler = ShardSampler(len(dataset), rank, world) if world > 1 else None
         return DataLoader(
             dataset,
             batch_size=tc.batch_size,
-            sampler=EpochSampler(dataset, tc.seed, generator, self._samples_per_epoch()) if train else None,
-            drop_last=train and (tc.iterations_per_epoch is not None or len(dataset) > tc.batch_size),
+            sampler=sampler,
+            drop_last=train and len(sampler) >= tc.batch_size,
             num_workers=tc.num_workers,
             collate_fn=None if train else collate_eval,
             generator=generator if train else None,
             worker_init_fn=worker_init_fn if tc.num_workers > 0 else None,
         )
 
-    def _samples_per_epoch(self) -> int | None:
+    def _samples_per_epoch(self) -> int:
         iterations = self.config.train.iterations_per_epoch
-        return None if iterations is None else iterations * self.config.train.batch_size
+        return len(self.train_set) if iterations is None else iterations * self.config.train.batch_size
 
-    def steps_per_epoch(self) -> int:
-        """Optimizer steps per epoch: ``train.iterations_per_epoch`` when set (the same budget whatever the number of
-        training cases, e.g. for ``data.train_fraction`` experiments), else one pass over the training cases."""
-        if self.config.train.iterations_per_epoch is not None:
-            return self.config.train.iterations_per_epoch
-        n, b = len(self.train_set), self.config.train.batch_size
-        return max(1, n // b if n > b else 1)
+    def steps_per_epoch(self, world: int = 1) -> int:
+        """Optimizer steps per epoch on each of ``world`` processes. An epoch is ``train.iterations_per_epoch``
+        batches when set (the same budget whatever the number of training cases, e.g. for ``data.train_fraction``
+        experiments), else one pass over the training cases; with several processes it is shared out between them
+        (``train.batch_size`` is per device), see :func:`dragsaw.engine.distributed.per_rank_steps`.
+
+        Raises:
+            ConfigError: fewer samples per epoch than processes.
+        """
+        try:
+            return per_rank_steps(self._samples_per_epoch(), self.config.train.batch_size, world)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)

@@ -200,8 +200,9 @@ class SignalStop(L.Callback):
     The handlers only record the signal while :attr:`in_fit` is set; the callback then saves ``last_ckpt`` at the end
     of the current training step and raises (a running validation is finished first, so its score and the epoch's
     checkpoint are complete). Outside training (set-up, final evaluation), or at a second signal, the handler
-    raises at once. Only the main thread can install handlers; elsewhere, and with
-    several devices (where Lightning coordinates the ranks), nothing changes.
+    raises at once. Only the main thread can install handlers; elsewhere nothing changes. With several
+    processes the ranks agree after every step whether any of them was signalled, so they stop after the same step
+    (``last.ckpt`` is written by rank 0).
 
     Args:
         last_ckpt: where the checkpoint of an interrupted run goes (the run's ``checkpoints/last.ckpt``).
@@ -251,7 +252,11 @@ class SignalStop(L.Callback):
         raise _Stop(self.signum, saved=False)
 
     def _maybe_stop(self, trainer) -> None:
-        if self.signum is None or self._stopping or trainer.world_size > 1:
+        if self._stopping:
+            return
+        if trainer.world_size > 1:  # every rank stops after the same step: a signal to any of them counts for all
+            self.signum = _agreed_signal(trainer, self.signum)
+        if self.signum is None:
             return
         self._stopping = True
         trainer.save_checkpoint(self.last)
@@ -260,15 +265,29 @@ class SignalStop(L.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         """Lightning has just put its own SIGTERM handler in front of ours (it would end the run with SIGTERMException
         at the next batch, without a checkpoint): on one device, where that handler does nothing else, ours is put
-        back. Under SLURM auto-requeue SIGTERM was given back to Lightning before ``fit`` and stays Lightning's."""
-        if (trainer.world_size == 1 and signal.SIGTERM in self._previous
-                and threading.current_thread() is threading.main_thread()):
+        back (with several processes too: the ranks then agree after every step whether any of them was signalled,
+        and all save and stop together). Under SLURM auto-requeue SIGTERM was given back to Lightning before
+        ``fit`` and stays Lightning's."""
+        if signal.SIGTERM in self._previous and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._handle)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         """A training step is complete: the safe point to stop at. (A signal during validation lets the validation
         finish, so that the epoch's score and checkpoint are complete, and stops after the next step.)"""
         self._maybe_stop(trainer)
+
+
+def _agreed_signal(trainer, signum: int | None) -> int | None:
+    """The largest signal number any rank received (None when none did); every rank must call it after the same
+    step (one all-reduce of one number)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return signum
+    flag = torch.tensor([signum or 0], device=trainer.strategy.root_device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item()) or None
 
 
 def slurm_requeue(trainer) -> bool:
@@ -294,11 +313,15 @@ class RunGuard:
     Args:
         run_dir: the run directory (``--out`` or ``--resume``).
         resume: whether the run exists already.
+        primary: whether this process owns the run directory (rank 0 of a run of several processes). The others
+            only get the signal handling: they take no lock, create and remove nothing (:meth:`claim` only checks
+            the disk), and rank 0 writes their shared checkpoints.
     """
 
-    def __init__(self, run_dir: str | Path, resume: bool) -> None:
+    def __init__(self, run_dir: str | Path, resume: bool, primary: bool = True) -> None:
         self.run_dir = Path(run_dir)
         self.resume = resume
+        self.primary = primary
         self.lock = RunLock(self.run_dir)
         self.stop = SignalStop(self.run_dir / "checkpoints" / "last.ckpt")
         self.phase = "setup"  # "setup", "fit", "evaluation"
@@ -310,7 +333,7 @@ class RunGuard:
     def __enter__(self) -> RunGuard:
         self.stop.install()
         try:
-            if self.resume:
+            if self.resume and self.primary:
                 self.lock.acquire()
         except BaseException:
             self.stop.restore()
@@ -337,7 +360,7 @@ class RunGuard:
                     f"{_mb(checkpoint_bytes(task))} each), but the disk of --out (mounted at {mount}) has "
                     f"{_mb(free)} free; free space there or choose an --out on another disk."
                 )
-        if self.resume:
+        if self.resume or not self.primary:
             return
         for folder in reversed([self.run_dir, *self.run_dir.parents]):
             if folder.exists():

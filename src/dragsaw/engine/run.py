@@ -29,6 +29,7 @@ from .callbacks import AtomicCheckpointIO, BestCheckpoint, StepStats, peak_memor
 from .data3d import VolumeData
 from .datamodule import SegmentationData, cases_for
 from .data3d import volume_cases
+from .distributed import SharedRunDir, launched_rank
 from .guard import RunGuard, RunLock, nearest_existing, slurm_requeue
 from .fingerprint import DATA_RECORD, absolute_paths, check_data, moved_data_hint, record_data, require_data_roots
 from .task import SegmentationTask
@@ -57,26 +58,43 @@ def _prepare_dir(run_dir: Path, resume: bool) -> None:
                           f"{'not a folder' if not existing.is_dir() else 'not writable'}; choose a writable --out.")
 
 
-def _check_trainer_settings(config: RunConfig) -> None:
-    """``train.accelerator``, ``train.devices`` and ``train.precision`` as Lightning sees them on this machine (a
-    throwaway Trainer that writes nothing), so that a device that is not there stops the run before it starts.
+def _device_settings(config: RunConfig) -> dict:
+    """The Trainer arguments that choose devices, processes and precision (``train.accelerator``, ``devices``,
+    ``strategy``, ``num_nodes``, ``sync_batchnorm``, ``precision``)."""
+    tc = config.train
+    return dict(accelerator=tc.accelerator, devices=tc.devices, strategy=tc.strategy, num_nodes=tc.num_nodes,
+                sync_batchnorm=tc.sync_batchnorm, precision=tc.precision)
+
+
+def _check_trainer_settings(config: RunConfig) -> int:
+    """The device settings as Lightning sees them on this machine (a throwaway Trainer that starts no process and
+    writes nothing), so that a device or strategy that is not there stops the run before it starts.
+
+    Returns:
+        the number of processes the run will have (devices x nodes).
 
     Raises:
-        ConfigError: naming the three settings and Lightning's reason.
+        ConfigError: naming the settings and Lightning's reason.
     """
-    tc = config.train
+    settings = _device_settings(config)
     _quiet_lightning()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            L.Trainer(accelerator=tc.accelerator, devices=tc.devices, precision=tc.precision, logger=False,
-                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+            trainer = L.Trainer(**settings, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                                enable_model_summary=False)
     except Exception as exc:  # Lightning's MisconfigurationException / ValueError / RuntimeError for the device
+        shown = ", ".join(f"train.{k}={v!r}" for k, v in settings.items())
         raise ConfigError(
-            f"train.accelerator={tc.accelerator!r}, train.devices={tc.devices} and train.precision={tc.precision!r} "
-            f"do not work on this machine: {exc} Fix them with --set (e.g. train.accelerator=cpu, "
-            "train.precision=32-true)."
+            f"{shown} do not work on this machine: {exc} Fix them with --set (e.g. train.accelerator=cpu, "
+            "train.devices=1, train.strategy=auto, train.precision=32-true)."
         ) from exc
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    if config.train.sync_batchnorm and trainer.world_size > 1 and isinstance(trainer.accelerator, CPUAccelerator):
+        raise ConfigError(f"train.sync_batchnorm=true with {trainer.world_size} CPU processes: PyTorch's SyncBatchNorm "
+                          "runs on GPUs only; set train.sync_batchnorm=false on CPUs.")
+    return int(trainer.world_size)
 
 
 def _write_splits(config: RunConfig, data, path: Path) -> None:
@@ -121,16 +139,25 @@ def _run_data(config: RunConfig, run_dir: Path, existing: bool):
     return data
 
 
-def _evaluate_splits(task, data, splits, device, plots_dir: Path | None, hd95: bool = True, config=None) -> dict:
+def _evaluate_splits(task, data, splits, device, plots_dir: Path | None, hd95: bool = True, config=None, *,
+                     precision: str = "32-true", tta: bool | None = None, sw_batch_size: int | None = None,
+                     progress: bool = False) -> dict:
+    """Per-case and mean metrics of ``task.model`` (already on ``device``) on each of ``splits`` that ``data`` has;
+    overlays of the test split into ``plots_dir``. ``precision``, ``tta`` and ``sw_batch_size`` (None: the run's
+    ``train.mirror`` / ``train.sw_batch_size``) as in :class:`dragsaw.inference.InferenceSettings`; ``progress``
+    shows a bar per split on stderr."""
     config = config or task.config
+    settings = InferenceSettings.from_config(task.config, mirror=tta, sw_batch_size=sw_batch_size,
+                                             precision=precision)
     results = {}
     for split in splits:
         if split not in data.eval_sets:
             continue
         per_case, items = evaluate_loader(
             task.model, data.eval_loader(split), config.data.num_classes, device=device,
-            settings=InferenceSettings.from_config(task.config), include_hd95=hd95,
+            settings=settings, include_hd95=hd95,
             overlays=8 if (plots_dir is not None and split == "test") else 0, regions=config.data.regions,
+            progress=progress, description=f"evaluate {split}",
         )
         results[split] = {"mean": summarize(per_case), "per_case": per_case}
         if items and plots_dir is not None:
@@ -149,14 +176,15 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*number of training batches.*")
 
 
-def _build_task(config: RunConfig, data) -> SegmentationTask:
-    """The network of ``config``; the argument checks of its parts (ValueError) are configuration errors.
+def _build_task(config: RunConfig, data, world: int = 1) -> SegmentationTask:
+    """The network of ``config`` for a run of ``world`` processes (its schedule is sized by each one's steps); the
+    argument checks of its parts (ValueError) are configuration errors.
 
     Raises:
         ConfigError: a module refused a value of the configuration (its message names the argument).
     """
     try:
-        task = SegmentationTask.from_config(config, data.in_channels, data.steps_per_epoch())
+        task = SegmentationTask.from_config(config, data.in_channels, data.steps_per_epoch(world))
     except ConfigError:
         raise
     except ValueError as exc:
@@ -174,19 +202,48 @@ def _build_task(config: RunConfig, data) -> SegmentationTask:
     return task
 
 
-def _setup(config: RunConfig, run_dir: Path, resume: bool, progress: bool, guard: RunGuard | None = None):
+def _setup(config: RunConfig, run_dir: Path, resume: bool, progress: bool, guard: RunGuard | None = None,
+           world: int = 1):
     """Everything before the first step: config.yaml, splits, data, network, trainer (all input checked here).
 
     A new run's data and network are built before its directory exists; ``guard.claim`` then checks the disk,
-    creates the directory and writes ``splits.json`` (without a guard the directory must exist)."""
+    creates the directory and writes ``splits.json`` (without a guard the directory must exist). A process other
+    than rank 0 of a run of ``world`` processes (``guard.primary`` false) builds the same without writing."""
     tc = config.train
     _quiet_lightning()
     L.seed_everything(tc.seed, workers=True, verbose=False)
     new = guard is not None and not resume
+    primary = guard is None or guard.primary
     data = _data_module(config, None) if new else _run_data(config, run_dir, existing=resume)  # 3D: plans spacing
-    task = _build_task(config, data)
+    task = _build_task(config, data, world)
     if guard is not None:
         guard.claim(task, after=(lambda: _write_splits(config, data, run_dir / "splits.json")) if new else None)
+    if primary:
+        _record_run(config, run_dir, data)
+    has_val = "val" in data.eval_sets
+    checkpoint = BestCheckpoint(  # best.ckpt is replaced only by a better model, across resumes and moves
+        dirpath=run_dir / "checkpoints", filename="best", monitor="val/dice_fg" if has_val else None,
+        mode="max", save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
+    )
+    stats = StepStats()
+    old_log = _history(run_dir) if resume and primary else []
+    trainer = L.Trainer(  # the device settings were checked by _check_trainer_settings
+        **_device_settings(config), max_epochs=tc.epochs, max_steps=tc.max_steps or -1,
+        deterministic=tc.deterministic, check_val_every_n_epoch=tc.val_every, use_distributed_sampler=False,
+        callbacks=[checkpoint, stats, SharedRunDir(run_dir, data.splits),
+                   *([guard.stop] if guard is not None else [])], logger=[
+            CSVLogger(save_dir=run_dir, name="", version="csv"),
+            TensorBoardLogger(save_dir=run_dir, name="tensorboard", version="", default_hp_metric=False),
+        ],
+        log_every_n_steps=max(1, min(20, task.hparams.steps_per_epoch)), enable_progress_bar=progress and primary,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=tc.limit_val_batches,
+        default_root_dir=run_dir, plugins=[AtomicCheckpointIO()],
+    )
+    return trainer, task, data, checkpoint, stats, old_log
+
+
+def _record_run(config: RunConfig, run_dir: Path, data) -> None:
+    """``config.yaml``, ``data.json`` and (for a training subset) ``subset.json`` of a run (rank 0 only)."""
     write_text_atomic(yaml.safe_dump(config_to_dict(config), sort_keys=False), run_dir / "config.yaml")
     record_data(run_dir, data.splits, config)
     if config.data.train_fraction < 1.0 and data.train_set is not None:  # the training subset, for the record
@@ -194,25 +251,6 @@ def _setup(config: RunConfig, run_dir: Path, resume: bool, progress: bool, guard
         write_json_atomic({"train_fraction": dc.train_fraction,
                            "subset_seed": config.train.seed if dc.subset_seed is None else dc.subset_seed,
                            "cases": [c.case_id for c in data.splits["train"]]}, run_dir / "subset.json")
-    has_val = "val" in data.eval_sets
-    checkpoint = BestCheckpoint(  # best.ckpt is replaced only by a better model, across resumes and moves
-        dirpath=run_dir / "checkpoints", filename="best", monitor="val/dice_fg" if has_val else None,
-        mode="max", save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
-    )
-    stats = StepStats()
-    old_log = _history(run_dir) if resume else []
-    trainer = L.Trainer(  # accelerator, devices and precision were checked by _check_trainer_settings
-        max_epochs=tc.epochs, max_steps=tc.max_steps or -1, accelerator=tc.accelerator, devices=tc.devices,
-        precision=tc.precision, deterministic=tc.deterministic, check_val_every_n_epoch=tc.val_every,
-        callbacks=[checkpoint, stats, *([guard.stop] if guard is not None else [])], logger=[
-            CSVLogger(save_dir=run_dir, name="", version="csv"),
-            TensorBoardLogger(save_dir=run_dir, name="tensorboard", version="", default_hp_metric=False),
-        ],
-        log_every_n_steps=max(1, min(20, data.steps_per_epoch())), enable_progress_bar=progress,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=tc.limit_val_batches,
-        default_root_dir=run_dir, plugins=[AtomicCheckpointIO()],
-    )
-    return trainer, task, data, checkpoint, stats, old_log
 
 
 def _read_log(path: Path) -> list[dict]:
@@ -273,15 +311,17 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, progr
     run_dir = Path(out_dir)
     absolute_paths(config)  # the run means the same data from any working directory
     check_config(config)  # configurations built in Python get the checks of presets and --set
-    _prepare_dir(run_dir, resume)  # creates nothing
-    _check_trainer_settings(config)
-    with RunGuard(run_dir, resume) as guard:  # lock, SIGINT/SIGTERM, nothing half-made, disk-full messages
-        if resume:
+    primary = launched_rank() == 0  # several processes: only rank 0 creates, locks and writes the run directory
+    if primary:
+        _prepare_dir(run_dir, resume)  # creates nothing
+    world = _check_trainer_settings(config)
+    with RunGuard(run_dir, resume, primary=primary) as guard:  # lock, signals, nothing half-made, disk-full messages
+        if resume and primary:
             for path in sweep_temporaries(run_dir):  # a killed run may have died half-way through a checkpoint write
                 warnings.warn(f"removed {path}, a partial file left by the interrupted run")
         last = run_dir / "checkpoints" / "last.ckpt"
         ckpt_path = _resume_checkpoint(run_dir, last) if resume else None  # a damaged checkpoint stops here
-        trainer, task, data, checkpoint, stats, old_log = _setup(config, run_dir, resume, progress, guard)
+        trainer, task, data, checkpoint, stats, old_log = _setup(config, run_dir, resume, progress, guard, world)
         if slurm_requeue(trainer):  # Lightning's SLURM auto-requeue handles SIGTERM itself
             guard.stop.leave_to_previous(signal.SIGTERM)
         guard.trainer, guard.phase, guard.stop.in_fit = trainer, "fit", True
@@ -289,6 +329,9 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, progr
         guard.phase, guard.stop.in_fit = "evaluation", False
         if guard.stop.signum is not None:  # the signal came after the last step: training is complete
             guard.stop.stop_now()
+        if not trainer.is_global_zero:  # rank 0 alone evaluates and writes the results
+            task.remove_taps()
+            return {}
         return _finish(config, run_dir, trainer, task, data, checkpoint, stats, old_log, eval_splits, last)
 
 
@@ -332,6 +375,7 @@ def _finish(config, run_dir, trainer, task, data, checkpoint, stats, old_log, ev
     task.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
     device = _device(trainer)
     task.to(device)
+    data.trainer = None  # one process evaluates every case (the loaders of a fit with several shard them)
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
     results = _evaluate_splits(task, data, tuple(eval_splits), device, plots)
@@ -435,18 +479,33 @@ def _own_data_config(task, run_dir: Path, overrides) -> RunConfig:
 
 
 def evaluate_run(run_or_ckpt: str | Path, config: RunConfig | None = None, *, out: str | Path | None = None,
-                 splits=("val", "test"), overrides=()) -> dict:
+                 splits=("val", "test"), overrides=(), device: str | torch.device = "cpu",
+                 precision: str = "32-true", tta: bool | None = None, sw_batch_size: int | None = None,
+                 progress: bool = False) -> dict:
     """Evaluate a trained run on its own data (``config=None``: its validation and test splits) or on another
     dataset's configuration (every case of that dataset, reported as ``test``).
 
     On its own data, the data must match the run's ``data.json``; ``overrides`` (only ``data.root=NEW`` and
     ``data.extra_root=NEW``) point the run at data that moved. Writes ``metrics.json`` (and overlays) to ``out``
-    when given, else, for the run's own data, to ``<run>/evaluation/``.
+    when given, else, for the run's own data, to ``<run>/evaluation/``; ``metrics.json`` also records how the
+    model was applied (``"inference"``: device, precision, tta, sw_batch_size).
+
+    The model runs on ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or a
+    :class:`torch.device`; see :func:`dragsaw.inference.resolve_device`) at ``precision`` (``"32-true"``,
+    ``"bf16-mixed"``, ``"16-mixed"``); ``tta`` / ``sw_batch_size`` None take the run's ``train.mirror`` /
+    ``train.sw_batch_size``. ``progress`` shows a bar per split on stderr. Metrics are computed in float32.
 
     Raises:
-        ConfigError / DataError: bad overrides, data that moved or changed (with the fix), incompatible data.
+        ConfigError / DataError: bad overrides, data that moved or changed (with the fix), incompatible data, or a
+            device / precision / sw_batch_size this machine cannot use (checked before anything is read).
     """
+    from ..inference import autocast_dtype, resolve_device
+
+    device = resolve_device(device)
+    autocast_dtype(precision, device)
     task, ckpt = load_task(run_or_ckpt)
+    settings = InferenceSettings.from_config(task.config, mirror=tta, sw_batch_size=sw_batch_size,
+                                             precision=precision)  # checks sw_batch_size
     run_dir = ckpt.parent.parent
     own = config is None
     if not own and overrides:
@@ -470,7 +529,11 @@ def evaluate_run(run_or_ckpt: str | Path, config: RunConfig | None = None, *, ou
         data = _data_module(config, None, evaluate_only=True)  # another dataset: all of it is test data
     out_dir = Path(out) if out else run_dir / "evaluation"
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = _evaluate_splits(task, data, splits, torch.device("cpu"), out_dir, config=config)
-    payload = {"checkpoint": str(ckpt), "dataset": config.data.dataset, "root": config.data.root, **results}
+    task.to(device)
+    results = _evaluate_splits(task, data, splits, device, out_dir, config=config, precision=precision, tta=tta,
+                               sw_batch_size=sw_batch_size, progress=progress)
+    payload = {"checkpoint": str(ckpt), "dataset": config.data.dataset, "root": config.data.root,
+               "inference": {"device": str(device), "precision": settings.precision, "tta": settings.mirror,
+                             "sw_batch_size": settings.sw_batch_size}, **results}
     write_json_atomic(payload, out_dir / "metrics.json")
     return payload

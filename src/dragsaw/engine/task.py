@@ -18,6 +18,7 @@ from ..metrics import case_metrics, resize_logits_to, summarize
 from ..taps import FeatureTaps
 from ..uafs import UncertaintySelect, at_least_float32, uafs_aux_loss
 from .build import build_network
+from .distributed import gather_cases
 
 __all__ = ["SegmentationTask", "NonFiniteLossError", "ramp_factor", "warmup_cosine"]
 
@@ -84,6 +85,9 @@ def use_channels_last(model: torch.nn.Module, spatial_dims: int) -> None:
         return
     fmt = formats[spatial_dims]
     model.to(memory_format=fmt)
+    for param in model.parameters():  # 1x1 kernels: both layouts are dense, but autograd makes their grads in the
+        if param.ndim == spatial_dims + 2 and all(s == 1 for s in param.shape[2:]):  # plain one, which DDP's
+            param.data = param.data.clone(memory_format=torch.contiguous_format)  # buckets must match
 
     def to_format(module, args):
         if args and isinstance(args[0], torch.Tensor) and args[0].ndim == spatial_dims + 2:
@@ -106,7 +110,9 @@ class SegmentationTask(L.LightningModule):
         config: the resolved run configuration as a dict (saved in every checkpoint, so a checkpoint alone
             rebuilds the network).
         in_channels: channels of the input images.
-        steps_per_epoch: optimizer steps per epoch (for the warm-up/cosine schedule).
+        steps_per_epoch: optimizer steps per epoch on each process (for the warm-up/cosine schedule and the PDCR
+            ramp; with several devices, the single-device steps shared out, see
+            :func:`dragsaw.engine.distributed.per_rank_steps`).
     """
 
     def __init__(self, config: dict, in_channels: int, steps_per_epoch: int = 1) -> None:
@@ -126,7 +132,7 @@ class SegmentationTask(L.LightningModule):
             use_channels_last(self.model, self.config.model.spatial_dims)
         self._taps: FeatureTaps | None = None
         self._uafs_blocks = [m for m in self.model.modules() if isinstance(m, UncertaintySelect)]  # fixed once built
-        self._val_cases: list[dict] = []
+        self._val_cases: list[tuple[str, dict]] = []  # (case id, metrics) of this process's validation cases
 
     @classmethod
     def from_config(cls, config: RunConfig, in_channels: int, steps_per_epoch: int = 1) -> SegmentationTask:
@@ -149,6 +155,12 @@ class SegmentationTask(L.LightningModule):
 
     def on_fit_end(self) -> None:
         self.remove_taps()
+
+    def setup(self, stage: str) -> None:
+        """With ``train.compile``, compile the host network in place (its parameter names, and so checkpoints,
+        stay those of the uncompiled network)."""
+        if stage == "fit" and self.config.train.compile and not getattr(self.model, "_compiled_call_impl", None):
+            self.model.compile()
 
     # -------------------------------------------------------------- training
     def segmentation_loss(self, output, labels: torch.Tensor) -> torch.Tensor:
@@ -221,7 +233,8 @@ class SegmentationTask(L.LightningModule):
                 "`dragsaw verify`, or use precision 32-true."
             )
         logs["train/loss"] = loss.detach()
-        self.log_dict(logs, on_step=True, on_epoch=True, batch_size=images.shape[0], prog_bar=False)
+        several = self._trainer is not None and self.trainer.world_size > 1  # epoch means over every rank's batches
+        self.log_dict(logs, on_step=True, on_epoch=True, batch_size=images.shape[0], prog_bar=False, sync_dist=several)
         self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
         return loss
 
@@ -238,22 +251,35 @@ class SegmentationTask(L.LightningModule):
             if self._taps is not None:
                 self._taps.pop()
             for i in range(logits.shape[0]):
-                self._val_cases.append(case_metrics(logits[i].argmax(0).cpu(), batch["label"][i].cpu(), K,
-                                                    include_hd95=False))
+                self._val_cases.append((batch["case_id"][i], case_metrics(
+                    logits[i].argmax(0).cpu(), batch["label"][i].cpu(), K, include_hd95=False)))
             return
         logits = self(batch["image"])
         if self._taps is not None:
             self._taps.pop()
         for i, native in enumerate(batch["label_native"]):
             pred = resize_logits_to(logits[i : i + 1].float(), tuple(native.shape)).argmax(1)[0]
-            self._val_cases.append(case_metrics(pred.cpu(), native.cpu(), K, include_hd95=False))
+            self._val_cases.append((batch["case_id"][i], case_metrics(pred.cpu(), native.cpu(), K, include_hd95=False)))
+
+    def _validation_order(self) -> dict[str, int]:
+        """Case id -> position in the validation set (the order a single process validates in)."""
+        data = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        cases = getattr(getattr(data, "eval_sets", {}).get("val"), "cases", None) or []
+        return {c.case_id: i for i, c in enumerate(cases)}
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val_cases:
+        """Validation scores over the whole validation set: with several processes the per-case results of every
+        rank are gathered (each case once) and averaged in the dataset's order, the same number on every rank."""
+        order = self._validation_order()
+        keyed = [((order.get(cid, len(order)), cid), metrics) for cid, metrics in self._val_cases]
+        cases = gather_cases(self._trainer, keyed)
+        if not cases:
             return
-        summary = summarize(self._val_cases)
-        for key in ("dice_fg", "jaccard_fg", "accuracy"):
-            self.log(f"val/{key}", summary[key]["mean"], prog_bar=key == "dice_fg")
+        summary = summarize(cases)
+        several = self._trainer is not None and self.trainer.world_size > 1
+        for key in ("dice_fg", "jaccard_fg", "accuracy"):  # equal on every rank: "max" keeps the value exactly
+            self.log(f"val/{key}", summary[key]["mean"], prog_bar=key == "dice_fg", sync_dist=several,
+                     reduce_fx="max")
 
     # -------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
