@@ -201,6 +201,7 @@ class LargestFloatTensor(TorchDispatchMode):
         return out
 
 
+@pytest.mark.slow
 def test_large_image_is_predicted_in_bands(tmp_path, monkeypatch):
     height, width, limit = 4000, 4000, 2**20
     image = tmp_path / "big.png"

@@ -199,8 +199,10 @@ def test_cli_cpu_bf16_predict_and_evaluate_agree_with_fp32(trained, tiny_folder,
                  "bf16-mixed", "--no-tta", "--sw-batch-size", "3"]) == 0
     first, second = (json.loads((ev / d / "metrics.json").read_text()) for d in ("fp32", "bf16"))
     run_sw = yaml.safe_load((trained / "config.yaml").read_text())["train"]["sw_batch_size"]
-    assert first["inference"] == {"device": "cpu", "precision": "32-true", "tta": False, "sw_batch_size": run_sw}
-    assert second["inference"] == {"device": "cpu", "precision": "bf16-mixed", "tta": False, "sw_batch_size": 3}
+    assert first["inference"] == {"device": "cpu", "precision": "32-true", "tta": False, "sw_batch_size": run_sw,
+                                   "shift": None}
+    assert second["inference"] == {"device": "cpu", "precision": "bf16-mixed", "tta": False, "sw_batch_size": 3,
+                                    "shift": None}
     for split in ("val", "test"):
         for a, b in zip(first[split]["per_case"], second[split]["per_case"]):
             assert isinstance(b["dice_fg"], float) and abs(a["dice_fg"] - b["dice_fg"]) <= 0.02, (a, b)

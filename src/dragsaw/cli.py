@@ -131,10 +131,11 @@ def cmd_evaluate(args) -> int:
         for key, value in (("data.root", args.data_root), ("data.extra_root", args.extra_root)):
             if value:
                 overrides.append(f"{key}={json.dumps(str(value))}")  # JSON is YAML: any path stays one string
+    default_out = Path(args.run) / "evaluation" / (f"shift-{args.shift}" if args.shift else "")
     if args.out or Path(args.run).is_dir():
-        check_output_dir(args.out or Path(args.run) / "evaluation")
-    metrics = evaluate_run(args.run, config, out=args.out, overrides=overrides, **options)
-    _print_summary(metrics, Path(args.out) if args.out else Path(args.run) / "evaluation")
+        check_output_dir(args.out or default_out)
+    metrics = evaluate_run(args.run, config, out=args.out, overrides=overrides, shift=args.shift, **options)
+    _print_summary(metrics, Path(args.out) if args.out else default_out)
     return 0
 
 
@@ -178,7 +179,7 @@ def cmd_predict(args) -> int:
     try:
         written, failures = predict_files(task.model, inputs, out, task.config, probabilities=args.probabilities,
                                           in_channels=task.hparams.get("in_channels"), overwrite=args.overwrite,
-                                          num_workers=args.num_workers, **options)
+                                          num_workers=args.num_workers, plan=task.plan, **options)
     finally:
         for folder in [] if written else created:  # nothing written: leave no empty output folder behind
             if folder.is_dir() and not any(folder.iterdir()):
@@ -323,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run", help="run directory or checkpoint")
     data_args(evaluate, required_preset=False)
     evaluate.add_argument("--out", help="where metrics.json and overlays go (default: RUN/evaluation)")
+    evaluate.add_argument("--shift", metavar="NAME",
+                          help="2D: score under a controlled intensity shift of every image: gamma-G, contrast-F, "
+                               "brightness+F / brightness-F, blur-S (e.g. gamma-0.5, contrast-0.5, brightness-0.2)")
     inference_args(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 

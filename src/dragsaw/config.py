@@ -44,6 +44,8 @@ class DataConfig:
     value_map: dict[int, int] | None = None
     mean: list[float] | None = None
     std: list[float] | None = None
+    normalization: str = "fixed"  # 2D: "fixed" (mean/std above) or "zscore" (per image and channel); 3D: by modality
+    intensity_augmentation: bool = False  # nnU-Net's brightness/contrast/gamma/noise/blur/low-resolution in training
     # 3D (Decathlon-style) data: k-fold cross-validation, spacing and modalities
     folds: int = 5
     fold: int | None = None  # None: seeded val carving as in 2D; 0..folds-1: cross-validation fold
@@ -243,6 +245,7 @@ def _type_name(hint: Any) -> str:
     return str(hint)
 
 
+NORMALIZATIONS = ("fixed", "zscore")  # as dragsaw.data.intensity.NORMALIZATIONS (config does not import torch)
 PDCR_EMBEDDINGS = ("feature", "mlp")  # as dragsaw.pdcr.module.EMBEDDINGS (config does not import torch)
 PDCR_SAMPLINGS = ("grid", "random")  # as dragsaw.pdcr.sampling.SAMPLERS
 PDCR_ORIENTATIONS = ("intended", "reference-2d")  # as dragsaw.pdcr.loss.ORIENTATIONS
@@ -353,6 +356,7 @@ _CHOICES: dict[str, tuple] = {
     "pdcr.sampling": PDCR_SAMPLINGS,
     "pdcr.orientation": PDCR_ORIENTATIONS,
     "pdcr.embedding": PDCR_EMBEDDINGS,
+    "data.normalization": NORMALIZATIONS,
 }
 _NON_EMPTY = ("data.class_names", "data.mean", "data.std", "data.modalities", "pdcr.encoder_samples",
               "pdcr.decoder_samples", "pdcr.patch_sizes", "train.class_weights")

@@ -30,6 +30,7 @@ from .data import (Case, SegmentationDataset, collate_eval, image_channels, prep
                    to_original_geometry, write_nifti)
 from .errors import ConfigError, DataError, DragsawError
 from .metrics import case_metrics, error_auroc, resize_logits_in_blocks, softmax_entropy
+from .plan import Plan
 from .report import save_overlay_png
 from .uafs import UncertaintySelect, uncertainty_maps
 
@@ -173,11 +174,13 @@ class InferenceSettings:
 
     @classmethod
     def from_config(cls, config, *, mirror: bool | None = None, sw_batch_size: int | None = None,
-                    precision: str = "32-true") -> InferenceSettings:
+                    precision: str = "32-true", plan: Plan | None = None) -> InferenceSettings:
         """The settings of a run's configuration; ``mirror`` / ``sw_batch_size`` replace the run's ``train.mirror``
-        / ``train.sw_batch_size`` unless None."""
+        / ``train.sw_batch_size`` unless None. The window size (``roi_size``) is the ``plan``'s input size, else
+        ``data.input_size``."""
         tc = config.train
-        return cls(config.model.spatial_dims, tuple(config.data.input_size), tc.sw_overlap,
+        size = plan.input_size if plan is not None else config.data.input_size
+        return cls(config.model.spatial_dims, tuple(int(v) for v in size), tc.sw_overlap,
                    tc.sw_batch_size if sw_batch_size is None else sw_batch_size,
                    tc.mirror if mirror is None else bool(mirror), precision)
 
@@ -448,23 +451,24 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-def _load_image(path: Path, config) -> dict:
-    """A 2D input read for :func:`_predict_image`: ``"image"`` ``[1, C, h, w]`` (the network input), ``"size"``
-    ``(H, W)`` (native) and ``"native"`` ``[C, H, W]`` float32 in [0, 1] (for the overlay)."""
-    dc = config.data
-    dataset = SegmentationDataset([Case(path.stem, path, None)], num_classes=dc.num_classes,
-                                  input_size=dc.input_size, train=False, cache=False, mean=dc.mean, std=dc.std)
+def _load_image(path: Path, config, plan: Plan) -> dict:
+    """A 2D input read for :func:`_predict_image` with the ``plan``'s input size and normalisation: ``"image"``
+    ``[1, C, h, w]`` (the network input), ``"size"`` ``(H, W)`` (native) and ``"native"`` ``[C, H, W]`` float32 in
+    [0, 1] (for the overlay)."""
+    dataset = SegmentationDataset([Case(path.stem, path, None)], num_classes=config.data.num_classes,
+                                  input_size=plan.input_size, train=False, cache=False, mean=plan.mean, std=plan.std,
+                                  normalization=plan.normalization)
     batch = collate_eval([dataset[0]])
     return {"image": batch["image"], "size": tuple(int(s) for s in batch["image_native_size"][0]),
             "native": torch.as_tensor(np.ascontiguousarray(read_image(path)))}  # a tensor: shared memory from workers
 
 
-def _load_volume(path: Path, config) -> dict:
-    """A volume read and preprocessed for :func:`_predict_volume`: ``"image"`` ``[1, C, X, Y, Z]`` and ``"meta"``
-    (the input's geometry, for :func:`dragsaw.data.to_original_geometry`)."""
-    dc = config.data
-    pipeline = preprocess_transforms(dc.target_spacing, dc.modalities or ["MRI"], dc.ct_stats,
-                                     num_classes=dc.num_classes)
+def _load_volume(path: Path, config, plan: Plan) -> dict:
+    """A volume read and preprocessed for :func:`_predict_volume` with the ``plan``'s spacing, modalities and CT
+    statistics: ``"image"`` ``[1, C, X, Y, Z]`` and ``"meta"`` (the input's geometry, for
+    :func:`dragsaw.data.to_original_geometry`)."""
+    pipeline = preprocess_transforms(plan.require_spacing(), plan.modalities or ["MRI"], plan.ct_stats,
+                                     num_classes=config.data.num_classes)
     item = pipeline({"image": str(path)})
     return {"image": item["image"][None], "meta": item["meta"]}
 
@@ -484,8 +488,8 @@ class _PredictInputs(Dataset):
     input, so that one bad file does not stop the loader.
     """
 
-    def __init__(self, jobs: list[tuple[Path, bool, str]], config, in_channels: int | None) -> None:
-        self.jobs, self.config, self.in_channels = jobs, config, in_channels
+    def __init__(self, jobs: list[tuple[Path, bool, str]], config, in_channels: int | None, plan: Plan) -> None:
+        self.jobs, self.config, self.in_channels, self.plan = jobs, config, in_channels, plan
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -494,7 +498,7 @@ class _PredictInputs(Dataset):
         path, volume, _ = self.jobs[index]
         try:
             _check_input(path, volume, self.in_channels)
-            return _load_volume(path, self.config) if volume else _load_image(path, self.config)
+            return _load_volume(path, self.config, self.plan) if volume else _load_image(path, self.config, self.plan)
         except _INPUT_ERRORS as exc:
             return {"error": _reason(exc)}
 
@@ -689,8 +693,15 @@ def predict_files(
     sw_batch_size: int | None = None,
     progress: bool = False,
     num_workers: int = 0,
+    plan: Plan | None = None,
 ) -> tuple[list[Path], dict[str, str]]:
-    """Predict every input with the run's configuration and write the outputs to ``out_dir``.
+    """Predict every input with the run's configuration and plan and write the outputs to ``out_dir``.
+
+    The inputs are preprocessed as the model's training data was: ``plan`` (the model's
+    :class:`dragsaw.plan.Plan`, e.g. ``task.plan`` of :func:`dragsaw.engine.load_task`) gives the input size and
+    normalisation (2D) or the target spacing, modalities and CT statistics (3D); ``None`` derives the plan from
+    ``config`` alone (:meth:`dragsaw.plan.Plan.from_config`, for configurations that carry those values).
+    ``in_channels`` None takes the plan's.
 
     2D images, per ``<stem>``: ``_mask.png`` (native size; {0,255} for binary, class indices otherwise),
     ``_prob.png`` (foreground probability; ``_probs.npy`` [K,H,W] for multi-class), ``_uncertainty.png`` (UAFS
@@ -726,7 +737,12 @@ def predict_files(
     """
     out_dir = Path(out_dir)
     device = resolve_device(device)
-    settings = InferenceSettings.from_config(config, mirror=tta, sw_batch_size=sw_batch_size, precision=precision)
+    if plan is None:
+        plan = Plan.from_config(config, in_channels=in_channels)
+    if in_channels is None:
+        in_channels = plan.in_channels
+    settings = InferenceSettings.from_config(config, mirror=tta, sw_batch_size=sw_batch_size, precision=precision,
+                                             plan=plan)
     autocast_dtype(settings.precision, device)
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ConfigError(f"--num-workers {num_workers!r} must be a whole number >= 0 (0: read the inputs in the main "
@@ -770,7 +786,7 @@ def predict_files(
         write_json_atomic({"tool": "dragsaw predict", "version": 1, "files": manifest}, out_dir / PREDICT_MANIFEST)
         recorded, last_record = len(written), time.monotonic()
 
-    loader = DataLoader(_PredictInputs(jobs, config, in_channels), batch_size=None, shuffle=False,
+    loader = DataLoader(_PredictInputs(jobs, config, in_channels, plan), batch_size=None, shuffle=False,
                         num_workers=num_workers, collate_fn=_as_is)
     bar = tqdm(total=len(jobs), desc="predict", unit="file", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     try:

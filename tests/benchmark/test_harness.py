@@ -121,6 +121,7 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow
 def test_smoke_benchmark_writes_runs_results_and_report(smoke):
     runs = _rows(smoke / "runs.csv")
     assert len(runs) == 8 and {r["status"] for r in runs} == {"done"}
@@ -145,6 +146,7 @@ def test_smoke_benchmark_writes_runs_results_and_report(smoke):
     assert all((smoke / "plots" / p).stat().st_size > 0 for p in ("grid0_curves.png", "grid0_test_box.png"))
 
 
+@pytest.mark.slow
 def test_rerun_repeats_no_finished_run_and_resumes_an_interrupted_one(smoke, capsys):
     done = smoke / "runs/default/full-f1-s1"
     untouched = smoke / "runs/default/baseline-f1-s0/metrics.json"
@@ -159,6 +161,7 @@ def test_rerun_repeats_no_finished_run_and_resumes_an_interrupted_one(smoke, cap
     assert len(_rows(smoke / "runs.csv")) == 8
 
 
+@pytest.mark.slow
 def test_rerun_with_other_base_settings_is_refused(smoke, tmp_path):
     saved = json.loads((smoke / "benchmark.json").read_text())
     plan = BenchmarkPlan(preset="folder", profile="cpu", data_root=saved["data_root"],
@@ -170,6 +173,7 @@ def test_rerun_with_other_base_settings_is_refused(smoke, tmp_path):
         _load_or_save_plan(plan, smoke)
 
 
+@pytest.mark.slow
 def test_a_run_chosen_on_val_is_scored_on_test_later_without_retraining(smoke, capsys):
     run = smoke / "runs/default/full-f0.5-s0"
     metrics = json.loads((run / "metrics.json").read_text())

@@ -118,6 +118,7 @@ def per_case_mean(scores, v, f, seeds, split="test"):
     return np.array([np.mean([scores[(v, f, s, split, c)] for s in seeds]) for c in CASES])
 
 
+@pytest.mark.slow
 def test_fraction_table_numbers(full_report):
     out, text, scores = full_report
     assert text.startswith("# Synthetic\n")
@@ -157,6 +158,7 @@ def test_fraction_table_numbers(full_report):
     assert row(table, "baseline")[7] == "reference"
 
 
+@pytest.mark.slow
 def test_failed_run_listed_and_excluded(full_report):
     out, text, scores = full_report
     failed = section(text, "## Failed or missing runs", "## Grid point")
@@ -167,6 +169,7 @@ def test_failed_run_listed_and_excluded(full_report):
     assert pdcr[2] == f"{np.mean(seed_means):.4f}"
 
 
+@pytest.mark.slow
 def test_data_efficiency(full_report):
     out, text, scores = full_report
     eff = section(text, "#### Data efficiency (test)", "####")
@@ -185,6 +188,7 @@ def test_data_efficiency(full_report):
     assert "not significantly different" in pdcr_line
 
 
+@pytest.mark.slow
 def test_auroc_selection_rule_and_time(full_report):
     out, text, scores = full_report
     assert DEFAULT_SELECTION_RULE in text
@@ -199,6 +203,7 @@ def test_auroc_selection_rule_and_time(full_report):
     assert row(time, "(none)", "full")[3:6] == ["3", "60.0", "20.0"]
 
 
+@pytest.mark.slow
 def test_plots_exist_are_png_and_linked(full_report):
     out, text, scores = full_report
     links = [line.split("](")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
@@ -244,6 +249,7 @@ def test_missing_inputs_raise(tmp_path):
         write_benchmark_report(tmp_path)
 
 
+@pytest.mark.slow
 def test_one_section_per_grid_point(tmp_path):
     scores = make_scores()
     out = write_out_dir(tmp_path / "b", scores)

@@ -4,7 +4,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from _volumes3d import make_affine, make_volume, save, write_task
+from ._volumes3d import make_affine, make_volume, save, write_task
 from torch.utils.data import DataLoader
 
 from dragsaw.data.cases import Case

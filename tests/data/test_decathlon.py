@@ -5,7 +5,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from _volumes3d import SPACING, make_affine, make_volume, save, write_task
+from ._volumes3d import SPACING, make_affine, make_volume, save, write_task
 
 from dragsaw.data import DATASETS, find_cases
 from dragsaw.data.decathlon import dataset_properties, decathlon, register

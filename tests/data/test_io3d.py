@@ -4,7 +4,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from _volumes3d import SPACING, make_affine, make_volume, save
+from ._volumes3d import SPACING, make_affine, make_volume, save
 
 import dragsaw.data.io3d as io3d
 from dragsaw.data.cases import Case

@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from _volumes3d import make_affine, write_task
+from ._volumes3d import make_affine, write_task
 
 from dragsaw.data.dataset3d import ct_statistics
 from dragsaw.data.decathlon import decathlon

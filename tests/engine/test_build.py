@@ -65,7 +65,7 @@ def test_errors(override, match):
         build_network(cfg(override), in_channels=1)
 
 
-@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("dims", [2, pytest.param(3, marks=pytest.mark.slow)])  # 3D: ~20 s
 def test_channels_last_task_computes_the_same_step_as_channels_first(dims):
     from dragsaw.engine import SegmentationTask
 
@@ -208,6 +208,7 @@ def test_channels_last_leaves_1x1_kernels_in_the_layout_autograd_gives_their_gra
     assert all(w.grad.stride() == w.stride() for w in kernels)
 
 
+@pytest.mark.slow
 def test_train_compile_compiles_the_host_in_place_keeping_checkpoint_names():
     from dragsaw.engine import SegmentationTask
 

@@ -28,6 +28,7 @@ def trained(tiny_folder, tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_run_directory_contents(trained):
     for name in ("config.yaml", "splits.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt", "metrics.json",
                  "log.csv", "plots/learning_curves.png", "plots/test_overlays.png"):
@@ -46,6 +47,7 @@ def test_run_directory_contents(trained):
     assert config["model"]["options"]["channels"] == [4, 8, 16] and config["pdcr"]["enabled"] is True
 
 
+@pytest.mark.slow
 def test_evaluate_reproduces_training_metrics(trained, tmp_path):
     assert main(["evaluate", str(trained), "--out", str(tmp_path / "ev")]) == 0
     again = json.loads((tmp_path / "ev" / "metrics.json").read_text())
@@ -54,6 +56,7 @@ def test_evaluate_reproduces_training_metrics(trained, tmp_path):
         assert again[split]["mean"]["dice_fg"]["mean"] == pytest.approx(first[split]["mean"]["dice_fg"]["mean"])
 
 
+@pytest.mark.slow
 def test_predict_writes_native_size_outputs_and_reports_bad_inputs(trained, tiny_folder, tmp_path, capsys):
     images = sorted((tiny_folder / "test" / "images").iterdir())[:2]
     bad = tmp_path / "broken.png"
@@ -72,6 +75,7 @@ def test_predict_writes_native_size_outputs_and_reports_bad_inputs(trained, tiny
     assert not list(out.glob("broken*"))
 
 
+@pytest.mark.slow
 def test_resume_extends_training(tiny_folder, tmp_path):
     run = tmp_path / "resumable"
     assert main(train_args(tiny_folder, run, "pdcr.enabled=false", "uafs.enabled=false")) == 0
@@ -103,6 +107,7 @@ def test_errors_are_one_paragraph_without_traceback(args, match, capsys, tmp_pat
     assert match.replace("\\", "") in err.replace("\n", " ")
 
 
+@pytest.mark.slow
 def test_existing_run_directory_is_not_overwritten(trained, tiny_folder, capsys):
     before = (trained / "metrics.json").read_text()
     assert main(train_args(tiny_folder, trained)) == 2
@@ -127,6 +132,7 @@ def test_verify_command_exit_codes(tiny_folder, tmp_path, capsys):
     assert "failed the quick check" in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_evaluate_on_another_dataset_uses_all_of_its_cases(trained, tmp_path):
     from dragsaw.data import write_folder
 

@@ -20,6 +20,8 @@ from dragsaw.inference import PREDICT_MANIFEST
 
 from .conftest import FAST
 
+pytestmark = pytest.mark.slow  # every test trains or uses a module-scoped trained run (~20 s in all)
+
 
 def train_args(data, out, *extra):
     args = ["train", "--preset", "folder", "--profile", "cpu", "--data-root", str(data), "--out", str(out), "--quiet"]

@@ -145,8 +145,8 @@ def test_world_size_is_devices_times_nodes():
 
 DDP = ["train.accelerator=cpu", "train.devices=2", "train.strategy=ddp", "train.precision=64-true"]
 """Two gloo processes; float64 so that the single-process comparison cannot flip a near-tie pixel."""
-RUN_FILES = {"checkpoints", "config.yaml", "csv", "data.json", "log.csv", "metrics.json", "plots", "splits.json",
-             "tensorboard", ".lock"}
+RUN_FILES = {"checkpoints", "config.yaml", "csv", "data.json", "log.csv", "metrics.json", "plan.json", "plots",
+             "splits.json", "tensorboard", ".lock"}
 
 
 def _sets(items):

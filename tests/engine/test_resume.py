@@ -30,6 +30,7 @@ def args_for(data, out):
     return args
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run(tiny_folder, tmp_path):
     reference = tmp_path / "reference"
     assert main(args_for(tiny_folder, reference)) == 0

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from dragsaw.cli import main
+
+pytestmark = pytest.mark.slow  # training runs on the real samples (30-70 s each)
 
 FAST = ["model.options.channels=[4, 8, 16]", "data.input_size=[64, 64]", "train.epochs=1", "train.batch_size=2",
         "pdcr.encoder_samples=[16, 8]", "pdcr.decoder_samples=[8, 4]", "pdcr.cross_samples=8",

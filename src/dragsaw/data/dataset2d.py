@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 from dragsaw.data.cases import Case
 from dragsaw.data.io2d import image_channels, map_mask_values, read_case
+from dragsaw.data.intensity import intensity_shift, parse_shift
 from dragsaw.data.transforms2d import eval_transforms, resize_transforms, train_transforms
 from dragsaw.errors import ConfigError, DataError
 
@@ -49,6 +50,11 @@ class SegmentationDataset(Dataset):
         mean: Normalisation mean of the default pipeline (None: ImageNet for RGB, 0.5 for grayscale).
         std: Normalisation std of the default pipeline (None: ImageNet for RGB, 0.25 for grayscale).
         seed: Seed of the default training pipeline's random state (None: MONAI's default).
+        normalization: ``"fixed"`` (``mean``/``std``) or ``"zscore"`` (per image and channel) in the default
+            pipelines (:func:`dragsaw.data.intensity.normalizer`).
+        intensity: add nnU-Net's intensity augmentations to the default training pipeline.
+        image_shift: a controlled intensity shift applied to every image as read, before anything else (e.g.
+            ``"gamma-0.5"``; :func:`dragsaw.data.intensity.intensity_shift`): robustness evaluation.
 
     Raises:
         ConfigError: empty ``cases``, bad ``num_classes`` or ``input_size``.
@@ -69,8 +75,14 @@ class SegmentationDataset(Dataset):
         mean: float | Sequence[float] | None = None,
         std: float | Sequence[float] | None = None,
         seed: int | None = None,
+        normalization: str = "fixed",
+        intensity: bool = False,
+        image_shift: str | None = None,
     ) -> None:
         self.cases = list(cases)
+        if image_shift is not None:
+            parse_shift(image_shift)  # a bad name stops here, before any file is read
+        self.image_shift = image_shift
         if not self.cases or not all(isinstance(c, Case) for c in self.cases):
             raise ConfigError(f"cases must be a non-empty sequence of Case objects, got {len(self.cases)} item(s)")
         map_mask_values(np.zeros(1, dtype=np.int64), num_classes, value_map)  # validates num_classes and value_map
@@ -82,9 +94,10 @@ class SegmentationDataset(Dataset):
         self.input_size = (int(input_size[0]), int(input_size[1]))
         if transform is None:
             transform = (
-                train_transforms(self.input_size, mean=mean, std=std, seed=seed)
+                train_transforms(self.input_size, mean=mean, std=std, seed=seed, normalization=normalization,
+                                 intensity=intensity)
                 if self.train
-                else eval_transforms(self.input_size, mean=mean, std=std)
+                else eval_transforms(self.input_size, mean=mean, std=std, normalization=normalization)
             )
         self.transform = transform
         self.channels = self._check_channels()
@@ -115,6 +128,8 @@ class SegmentationDataset(Dataset):
         if index in self._cached:
             return self._cached[index]
         image, mask = read_case(self.cases[index], self.num_classes, self.value_map)
+        if self.image_shift is not None:
+            image = intensity_shift(torch.from_numpy(np.ascontiguousarray(image)), self.image_shift).numpy()
         resized = self._resize({"image": image, "label": mask})
         native = torch.from_numpy(mask)
         if not self.cache:

@@ -156,6 +156,8 @@ class VolumeDataset(Dataset):
         cache: Keep preprocessed volumes in memory.
         seed: Seed of the training pipeline's random state (None: MONAI's default).
         value_map: Optional {stored label value: class index}.
+        intensity: nnU-Net's full set of intensity augmentations in training (see
+            :func:`dragsaw.data.transforms3d.train_transforms`).
 
     Raises:
         ConfigError: empty ``cases``, bad options, or ``num_classes`` disagreeing with the cases' label names.
@@ -176,6 +178,7 @@ class VolumeDataset(Dataset):
         cache: bool = True,
         seed: int | None = None,
         value_map: Mapping[int, int] | None = None,
+        intensity: bool = False,
     ) -> None:
         self.cases = list(cases)
         if not self.cases or not all(isinstance(c, Case) for c in self.cases):
@@ -198,7 +201,7 @@ class VolumeDataset(Dataset):
             self.target_spacing, self.modalities, ct_stats, num_classes=self.num_classes, value_map=value_map,
             keep_native=not self.train,
         )  # fmt: skip
-        self.transform = train_transforms(self.patch_size, seed=seed) if self.train else None
+        self.transform = train_transforms(self.patch_size, seed=seed, intensity=intensity) if self.train else None
         for case in self.cases:
             check_case_geometry(case, channels=len(self.modalities))
         self.channels = len(self.modalities)

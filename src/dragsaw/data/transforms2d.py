@@ -22,6 +22,7 @@ import torch
 from monai.transforms import Compose, RandAffined, RandFlipd, Resized
 
 from dragsaw._checks import int_sequence
+from dragsaw.data.intensity import intensity_augmentation, normalizer
 from dragsaw.errors import ConfigError, DataError, DragsawError
 
 __all__ = [
@@ -186,8 +187,10 @@ def train_transforms(
     std: float | Sequence[float] | None = None,
     image_mode: str = "bilinear",
     seed: int | None = None,
+    normalization: str = "fixed",
+    intensity: bool = False,
 ) -> Compose:
-    """Training pipeline: resize, random affine, random flips, normalisation.
+    """Training pipeline: resize, random affine, random flips, normalisation, (optionally) intensity augmentation.
 
     Args:
         input_size: Output size ``(H, W)`` (note: (H, W), not the (W, H) of the paper's configs).
@@ -201,6 +204,10 @@ def train_transforms(
         image_mode: Image interpolation of the resize: "bilinear" (anti-aliased), "bicubic", "area" or
             "nearest-exact". The mask always uses nearest neighbour.
         seed: Seed of the random transforms (``Compose.set_random_state``); None leaves MONAI's default state.
+        normalization: ``"fixed"`` (``mean``/``std``) or ``"zscore"`` (per image and channel), see
+            :func:`dragsaw.data.intensity.normalizer`.
+        intensity: add nnU-Net's intensity augmentations after the normalisation
+            (:func:`dragsaw.data.intensity.intensity_augmentation`).
 
     Returns:
         A MONAI ``Compose`` mapping ``{"image": [C, H0, W0], "label": [H0, W0], ...}`` to
@@ -237,7 +244,9 @@ def train_transforms(
             RandFlipd(keys=_KEYS, prob=flip_prob, spatial_axis=1),  # horizontal: along W
             RandFlipd(keys=_KEYS, prob=flip_prob, spatial_axis=0),  # vertical: along H
             _LabelChannel(add=False),
-            NormalizeImage(mean, std),
+            normalizer(normalization, NormalizeImage(mean, std)),
+            *(intensity_augmentation(2) if intensity else []),
+            _ToTensor(),
         ]
     )
     if seed is not None:
@@ -251,6 +260,7 @@ def eval_transforms(
     mean: float | Sequence[float] | None = None,
     std: float | Sequence[float] | None = None,
     image_mode: str = "bilinear",
+    normalization: str = "fixed",
 ) -> Compose:
     """Evaluation pipeline: resize (image ``image_mode``, mask nearest) and normalisation only.
 
@@ -259,8 +269,10 @@ def eval_transforms(
         mean: Normalisation mean (None: ImageNet for RGB, 0.5 for grayscale).
         std: Normalisation std (None: ImageNet for RGB, 0.25 for grayscale).
         image_mode: Image interpolation ("bilinear" anti-aliased, "bicubic", "area" or "nearest-exact").
+        normalization: ``"fixed"`` or ``"zscore"``, as for :func:`train_transforms`.
 
     Returns:
         A MONAI ``Compose``; shapes as for :func:`train_transforms`. A missing ``"label"`` is allowed.
     """
-    return _Pipeline([resize_transforms(input_size, image_mode), NormalizeImage(mean, std)])
+    return _Pipeline([resize_transforms(input_size, image_mode), normalizer(normalization, NormalizeImage(mean, std)),
+                      _ToTensor()])

@@ -43,6 +43,7 @@ from monai.transforms import (
 )
 
 from dragsaw._checks import int_sequence
+from dragsaw.data.intensity import intensity_augmentation
 from dragsaw.data.io3d import NATIVE_LABEL_KEY, LoadVolumed
 from dragsaw.data.transforms2d import _Pipeline
 from dragsaw.errors import ConfigError, DataError
@@ -340,6 +341,7 @@ def train_transforms(
     noise_std: float = 0.1,
     noise_prob: float = 0.15,
     seed: int | None = None,
+    intensity: bool = False,
 ) -> _Pipeline:
     """Training pipeline: one augmented patch per call from a preprocessed volume.
 
@@ -357,6 +359,9 @@ def train_transforms(
         noise_std: Gaussian noise whose std is drawn from ``[0, noise_std]``.
         noise_prob: Probability of the noise.
         seed: Seed of every random transform (``Compose.set_random_state``); None leaves MONAI's default state.
+        intensity: nnU-Net's full set of intensity augmentations
+            (:func:`dragsaw.data.intensity.intensity_augmentation`, as in 2D) instead of the intensity scale,
+            shift and noise above.
 
     Returns:
         A MONAI ``Compose`` mapping ``{"image": float [C, *S], "label": int [*S], ...}`` to
@@ -383,9 +388,11 @@ def train_transforms(
             _LabelChannel(),
             RandPatchd(patch, pos_fraction, rotate_deg, (lo, hi), affine_prob),
             *(RandFlipd(keys=keys, prob=flip_prob, spatial_axis=axis) for axis in range(3)),
-            RandScaleIntensityd(keys="image", factors=intensity_scale, prob=intensity_prob),
-            RandShiftIntensityd(keys="image", offsets=intensity_shift, prob=intensity_prob),
-            RandGaussianNoised(keys="image", prob=noise_prob, std=noise_std, sample_std=True),
+            *(intensity_augmentation(3) if intensity else [
+                RandScaleIntensityd(keys="image", factors=intensity_scale, prob=intensity_prob),
+                RandShiftIntensityd(keys="image", offsets=intensity_shift, prob=intensity_prob),
+                RandGaussianNoised(keys="image", prob=noise_prob, std=noise_std, sample_std=True),
+            ]),
             _ToPlain(),
         ]
     )

@@ -14,6 +14,7 @@ from ..errors import ConfigError
 from ..models import TapSpec, create_model
 from ..models.base import ROLES
 from ..pdcr import PatchDragsawLoss
+from ..plan import Plan
 from ..taps import FeatureTaps, insert_after, list_tappable
 from ..uafs import UncertaintySelect
 
@@ -139,22 +140,30 @@ def _select_taps(model: nn.Module, config: RunConfig, in_channels: int) -> list[
     return taps
 
 
-def build_network(config: RunConfig, in_channels: int) -> Network:
-    """Create the host from ``config.model``, insert UAFS blocks and build the PDCR regulariser.
+def build_network(config: RunConfig, in_channels: int, plan: Plan | None = None) -> Network:
+    """Create the host from ``config.model`` and the plan's topology, insert UAFS blocks and build the PDCR
+    regulariser.
+
+    The registry builds every host (:func:`dragsaw.models.create_model`) with ``model.options`` and, over them,
+    the options the plan derived from the data (``plan.network``, e.g. the DynUNet's ``kernel_size`` and
+    ``strides``).
 
     Args:
         config: the resolved run configuration.
         in_channels: channels of the input images (from the data).
+        plan: the run's plan; ``None`` derives it from ``config`` alone (:meth:`dragsaw.plan.Plan.from_config`:
+            the patch size and ``data.target_spacing`` as written there).
+
+    Returns:
+        The :class:`Network` (host with UAFS blocks, the PDCR module or ``None``, taps, UAFS points).
 
     Raises:
-        ConfigError: unknown model, options, tap or insertion-point names.
+        ConfigError: unknown model, options, tap or insertion-point names, or a plan made for another model.
     """
     mc, pc, uc = config.model, config.pdcr, config.uafs
-    options = dict(mc.options or {})
-    if mc.name == "dynunet":  # nnU-Net-like plan from the patch size and the data's spacing
-        options.setdefault("patch_size", list(config.data.input_size))
-        if config.data.target_spacing is not None:
-            options.setdefault("spacing", list(config.data.target_spacing))
+    if plan is None:
+        plan = Plan.from_config(config, in_channels=in_channels)
+    options = {**dict(mc.options or {}), **plan.network_options(mc.name)}
     if mc.weights:
         options["weights"] = mc.weights
     model = create_model(

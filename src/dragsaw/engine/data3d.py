@@ -1,4 +1,4 @@
-"""Lightning data module for volumes: Decathlon-style cases, k-fold splits, planned spacing, patch sampling."""
+"""Lightning data module for volumes: Decathlon-style cases, k-fold splits, the run's plan, patch sampling."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ..config import RunConfig
-from ..data import VolumeDataset, collate_eval3d, ct_statistics, dataset_properties, find_cases, worker_init_fn3d
+from ..data import VolumeDataset, collate_eval3d, find_cases, worker_init_fn3d
 from ..data import cross_validation_splits, resolve_splits
 from ..errors import ConfigError
+from ..plan import Plan
 from .datamodule import all_as_test, preflight, training_subset
 from .distributed import ShardSampler, per_rank_steps, rank_and_world, shard
 
@@ -72,30 +73,45 @@ class PatchSampler(Sampler[int]):
 class VolumeData(L.LightningDataModule):
     """Train (patches) and val/test (whole volumes, batch 1) loaders of a 3D run.
 
-    The target spacing is planned from the training cases' headers unless ``data.target_spacing`` is set; the
-    resolved value is written back into ``config.data.target_spacing`` so that ``config.yaml`` records it.
+    The volumes are preprocessed with the run's :class:`dragsaw.plan.Plan` (target spacing, modalities, CT
+    statistics, patch size). Without a ``plan`` it is computed from the training cases
+    (:meth:`dragsaw.plan.Plan.from_data`: the median spacing of their headers unless ``data.target_spacing`` is
+    set, and so on); ``config`` is never changed, so ``config.yaml`` stays as the user wrote it.
+
+    Args:
+        config: the run configuration.
+        splits_path: where ``splits.json`` is written (or read).
+        evaluate_only: every case is a test case (another dataset); needs ``plan`` (the model's) unless ``config``
+            carries the derived values (an old configuration).
+        image_shift: refused (2D only).
+        plan: the plan to preprocess with (the model's, or a resumed run's ``plan.json``); ``None`` plans.
+
+    Attributes:
+        plan: the plan used; ``in_channels``: channels of the volumes; ``splits``: ``{split: [Case, ...]}``.
+
+    Raises:
+        ConfigError / DataError: no training cases (when planning), bad settings or data.
     """
 
-    def __init__(self, config: RunConfig, splits_path: Path | None, *, evaluate_only: bool = False) -> None:
+    def __init__(self, config: RunConfig, splits_path: Path | None, *, evaluate_only: bool = False,
+                 image_shift: str | None = None, plan: Plan | None = None) -> None:
         super().__init__()
+        if image_shift is not None:
+            raise ConfigError(f"intensity shifts ({image_shift!r}) are applied to 2D images only; evaluate this 3D "
+                              "run without --shift.")
         self.config = config
         dc, tc = config.data, config.train
         self.splits = volume_cases(config, splits_path, evaluate_only=evaluate_only)
         if not self.splits["train"] and not evaluate_only:
             raise ConfigError(f"dataset {dc.dataset!r} at {dc.root!r} has no training cases.")
-        if dc.target_spacing is None:
-            dc.target_spacing = [float(v) for v in dataset_properties(self.splits["train"])["target_spacing"]]
-        modalities = dc.modalities or list(self.splits["train"][0].extra.get("modalities", []) or []) or None
-        if dc.modalities is None and modalities is not None:
-            dc.modalities = [str(m) for m in modalities]
-        ct_stats = dc.ct_stats
-        if ct_stats is None and modalities and any(str(m).upper() == "CT" for m in modalities):
-            ct_stats = ct_statistics(self.splits["train"], modalities=modalities)
-            dc.ct_stats = {str(k): {n: float(v) for n, v in stats.items()} for k, stats in ct_stats.items()}
-        common = dict(num_classes=dc.num_classes, target_spacing=dc.target_spacing, modalities=modalities,
-                      patch_size=dc.input_size, ct_stats=ct_stats, value_map=dc.value_map)
+        if plan is None:
+            plan = (Plan.from_data(config, self.splits["train"]) if self.splits["train"]
+                    else Plan.from_config(config))
+        self.plan = plan
+        common = dict(num_classes=dc.num_classes, target_spacing=plan.require_spacing(), modalities=plan.modalities,
+                      patch_size=plan.input_size, ct_stats=plan.ct_stats, value_map=dc.value_map)
         self.train_set = None if evaluate_only else VolumeDataset(self.splits["train"], train=True, seed=tc.seed,
-                                                                  **common)
+                                                                  intensity=dc.intensity_augmentation, **common)
         self.eval_sets = {
             name: VolumeDataset(cases, train=False, **common)
             for name, cases in self.splits.items() if name in ("val", "test") and cases

@@ -12,6 +12,7 @@ from ..config import RunConfig
 from ..data import SegmentationDataset, collate_eval, find_cases, nested_subset, resolve_splits, worker_init_fn
 from ..data.verify import verify_cases
 from ..errors import ConfigError, DataError
+from ..plan import Plan
 from .distributed import ShardSampler, per_rank_steps, rank_and_world, shard
 
 __all__ = ["EpochSampler", "SegmentationData", "all_as_test", "cases_for", "preflight", "training_subset"]
@@ -110,26 +111,42 @@ class EpochSampler(Sampler[int]):
 class SegmentationData(L.LightningDataModule):
     """Train/val/test loaders for a run.
 
+    Images are resized and normalised as the run's :class:`dragsaw.plan.Plan` says (input size, ``"fixed"``
+    mean/std or ``"zscore"``); without a ``plan`` it is computed from the training cases
+    (:meth:`dragsaw.plan.Plan.from_data`). ``config`` is never changed.
+
     Args:
         config: the resolved run configuration.
         splits_path: where ``splits.json`` is written (or read, on resume).
+        evaluate_only: every case is a test case (another dataset; pass the model's ``plan``).
+        image_shift: a controlled intensity shift of the evaluation images (see
+            :func:`dragsaw.data.intensity.intensity_shift`).
+        plan: the plan to read the images with (the model's, or a resumed run's ``plan.json``); ``None`` plans.
+
+    Attributes:
+        plan: the plan used; ``in_channels``: channels of the images; ``splits``: ``{split: [Case, ...]}``.
     """
 
-    def __init__(self, config: RunConfig, splits_path: Path | None, *, evaluate_only: bool = False) -> None:
+    def __init__(self, config: RunConfig, splits_path: Path | None, *, evaluate_only: bool = False,
+                 image_shift: str | None = None, plan: Plan | None = None) -> None:
         super().__init__()
         self.config = config
         self.splits = cases_for(config, splits_path, evaluate_only=evaluate_only)
         if not self.splits["train"] and not evaluate_only:
             raise ConfigError(f"dataset {config.data.dataset!r} at {config.data.root!r} has no training cases.")
         dc = config.data
-        common = dict(num_classes=dc.num_classes, input_size=dc.input_size, value_map=dc.value_map,
-                      mean=dc.mean, std=dc.std)
+        if plan is None:
+            plan = Plan.from_data(config, self.splits["train"]) if self.splits["train"] else Plan.from_config(config)
+        self.plan = plan
+        common = dict(num_classes=dc.num_classes, input_size=plan.input_size, value_map=dc.value_map,
+                      mean=plan.mean, std=plan.std, normalization=plan.normalization)
         self.train_set = (
             None if evaluate_only
-            else SegmentationDataset(self.splits["train"], train=True, seed=config.train.seed, **common)
+            else SegmentationDataset(self.splits["train"], train=True, seed=config.train.seed,
+                                     intensity=dc.intensity_augmentation, **common)
         )
-        self.eval_sets = {
-            name: SegmentationDataset(cases, train=False, **common)
+        self.eval_sets = {  # image_shift: a controlled intensity shift of the evaluation images (robustness)
+            name: SegmentationDataset(cases, train=False, image_shift=image_shift, **common)
             for name, cases in self.splits.items()
             if name in ("val", "test") and cases
         }

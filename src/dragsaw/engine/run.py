@@ -1,7 +1,9 @@
 """Runs: train into one directory, evaluate a run (also on another dataset), load a trained model.
 
-A run directory holds ``config.yaml`` (resolved), ``splits.json``, ``checkpoints/{best,last}.ckpt``,
-``metrics.json``, ``log.csv``, ``tensorboard/`` and ``plots/`` (learning curves, test overlays).
+A run directory holds ``config.yaml`` (resolved, as the user wrote it), ``plan.json`` (what was derived from the
+training data: spacing, modalities, normalisation, network topology; see :mod:`dragsaw.plan`), ``splits.json``,
+``checkpoints/{best,last}.ckpt`` (each holding the configuration and the plan), ``metrics.json``, ``log.csv``,
+``tensorboard/`` and ``plots/`` (learning curves, test overlays).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ..config import RunConfig, apply_overrides, check_config, config_from_dict,
 from ..errors import ConfigError, DataError
 from ..inference import InferenceSettings, evaluate_loader
 from ..metrics import summarize
+from ..plan import PLAN_FILE, Plan
 from ..report import plot_learning_curves, plot_overlays
 from .callbacks import AtomicCheckpointIO, BestCheckpoint, StepStats, peak_memory_mb, read_best_record
 from .data3d import VolumeData
@@ -115,19 +118,23 @@ def _device(trainer: L.Trainer) -> torch.device:
     return trainer.strategy.root_device
 
 
-def _data_module(config: RunConfig, splits_path: Path | None, evaluate_only: bool = False):
-    """The 2D or 3D data module of a configuration."""
+def _data_module(config: RunConfig, splits_path: Path | None, evaluate_only: bool = False,
+                 image_shift: str | None = None, plan: Plan | None = None):
+    """The 2D or 3D data module of a configuration (``image_shift``: of the evaluation images), reading the data
+    with ``plan`` (the model's or the run's), else with a plan computed from the training cases."""
     cls = VolumeData if config.model.spatial_dims == 3 else SegmentationData
-    return cls(config, splits_path, evaluate_only=evaluate_only)
+    return cls(config, splits_path, evaluate_only=evaluate_only, image_shift=image_shift, plan=plan)
 
 
-def _run_data(config: RunConfig, run_dir: Path, existing: bool):
-    """The data module of a run's own data; for an ``existing`` run (resume, evaluate) the data folders must exist
-    and the data must match the run's ``data.json`` (errors carry the ``--set data.root=NEW`` fix)."""
+def _run_data(config: RunConfig, run_dir: Path, existing: bool, image_shift: str | None = None,
+              plan: Plan | None = None):
+    """The data module of a run's own data (read with ``plan``, see :func:`_data_module`); for an ``existing`` run
+    (resume, evaluate) the data folders must exist and the data must match the run's ``data.json`` (errors carry
+    the ``--set data.root=NEW`` fix)."""
     if existing:
         require_data_roots(config, run_dir)
     try:
-        data = _data_module(config, run_dir / "splits.json")
+        data = _data_module(config, run_dir / "splits.json", image_shift=image_shift, plan=plan)
     except DataError as exc:
         if existing and (run_dir / DATA_RECORD).is_file():
             raise DataError(f"{exc} (run {run_dir} was trained on the data recorded in {run_dir / DATA_RECORD}; "
@@ -148,7 +155,7 @@ def _evaluate_splits(task, data, splits, device, plots_dir: Path | None, hd95: b
     shows a bar per split on stderr."""
     config = config or task.config
     settings = InferenceSettings.from_config(task.config, mirror=tta, sw_batch_size=sw_batch_size,
-                                             precision=precision)
+                                             precision=precision, plan=task.plan)
     results = {}
     for split in splits:
         if split not in data.eval_sets:
@@ -184,7 +191,7 @@ def _build_task(config: RunConfig, data, world: int = 1) -> SegmentationTask:
         ConfigError: a module refused a value of the configuration (its message names the argument).
     """
     try:
-        task = SegmentationTask.from_config(config, data.in_channels, data.steps_per_epoch(world))
+        task = SegmentationTask.from_config(config, data.in_channels, data.steps_per_epoch(world), plan=data.plan)
     except ConfigError:
         raise
     except ValueError as exc:
@@ -214,7 +221,12 @@ def _setup(config: RunConfig, run_dir: Path, resume: bool, progress: bool, guard
     L.seed_everything(tc.seed, workers=True, verbose=False)
     new = guard is not None and not resume
     primary = guard is None or guard.primary
-    data = _data_module(config, None) if new else _run_data(config, run_dir, existing=resume)  # 3D: plans spacing
+    plan = _saved_plan(run_dir) if resume else None  # a resumed run keeps its plan; a new one plans from its data
+    if plan is not None and primary and plan.differences(config):
+        warnings.warn(f"the resumed run continues with its plan ({run_dir / PLAN_FILE}), which differs from its "
+                      f"configuration in {'; '.join(plan.differences(config))}; start a new run to train with "
+                      "other values.")
+    data = _data_module(config, None) if new else _run_data(config, run_dir, existing=resume, plan=plan)
     task = _build_task(config, data, world)
     if guard is not None:
         guard.claim(task, after=(lambda: _write_splits(config, data, run_dir / "splits.json")) if new else None)
@@ -242,9 +254,37 @@ def _setup(config: RunConfig, run_dir: Path, resume: bool, progress: bool, guard
     return trainer, task, data, checkpoint, stats, old_log
 
 
+def _saved_plan(run_dir: Path) -> Plan | None:
+    """The plan a resumed run continues with: ``RUN/plan.json``, else the copy in ``checkpoints/last.ckpt``, else
+    ``None`` (a run from before plans: it is planned again from the data, with the derived values its
+    ``config.yaml`` carries).
+
+    Raises:
+        ConfigError: ``plan.json`` (or the checkpoint's plan) is damaged, naming the file and the fix.
+    """
+    path = run_dir / PLAN_FILE
+    if path.is_file():
+        return Plan.load(path)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        return None
+    try:
+        ckpt = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # a damaged checkpoint is reported by _resume_checkpoint; plan again from the data
+        return None
+    saved = (ckpt.get("hyper_parameters") or {}).get("plan") if isinstance(ckpt, dict) else None
+    if saved is None:
+        return None
+    warnings.warn(f"{path} is missing: the run continues with the plan saved in {last} (and writes it back)")
+    return Plan.from_dict(saved, source=f"the plan in {last}",
+                          fix=f"delete {last} to train the run again from the start, or restore it from a backup")
+
+
 def _record_run(config: RunConfig, run_dir: Path, data) -> None:
-    """``config.yaml``, ``data.json`` and (for a training subset) ``subset.json`` of a run (rank 0 only)."""
+    """``config.yaml`` (as the user wrote it), ``plan.json`` (:class:`dragsaw.plan.Plan`), ``data.json`` and (for a
+    training subset) ``subset.json`` of a run (rank 0 only)."""
     write_text_atomic(yaml.safe_dump(config_to_dict(config), sort_keys=False), run_dir / "config.yaml")
+    data.plan.save(run_dir / PLAN_FILE)
     record_data(run_dir, data.splits, config)
     if config.data.train_fraction < 1.0 and data.train_set is not None:  # the training subset, for the record
         dc = config.data
@@ -419,6 +459,13 @@ def resume_config(run_dir: str | Path, overrides: list[str] = ()) -> RunConfig:
 def load_task(run_or_ckpt: str | Path, which: str = "best") -> tuple[SegmentationTask, Path]:
     """Load a trained task from a run directory (its ``checkpoints/<which>.ckpt``) or a checkpoint file.
 
+    The checkpoint alone rebuilds the network: it holds the configuration and the plan (``task.plan``, see
+    :mod:`dragsaw.plan`; for checkpoints from before plans it is rebuilt from their configuration). The run's
+    ``plan.json`` is not needed.
+
+    Returns:
+        ``(task, checkpoint path)``, the task in eval mode on the CPU.
+
     Raises:
         ConfigError: the path is neither a run directory with a checkpoint nor a readable checkpoint.
     """
@@ -481,19 +528,26 @@ def _own_data_config(task, run_dir: Path, overrides) -> RunConfig:
 def evaluate_run(run_or_ckpt: str | Path, config: RunConfig | None = None, *, out: str | Path | None = None,
                  splits=("val", "test"), overrides=(), device: str | torch.device = "cpu",
                  precision: str = "32-true", tta: bool | None = None, sw_batch_size: int | None = None,
-                 progress: bool = False) -> dict:
+                 progress: bool = False, shift: str | None = None) -> dict:
     """Evaluate a trained run on its own data (``config=None``: its validation and test splits) or on another
     dataset's configuration (every case of that dataset, reported as ``test``).
 
     On its own data, the data must match the run's ``data.json``; ``overrides`` (only ``data.root=NEW`` and
     ``data.extra_root=NEW``) point the run at data that moved. Writes ``metrics.json`` (and overlays) to ``out``
-    when given, else, for the run's own data, to ``<run>/evaluation/``; ``metrics.json`` also records how the
+    when given, else, for the run's own data, to ``<run>/evaluation/`` (``<run>/evaluation/shift-NAME/`` under a
+    ``shift``); ``metrics.json`` also records how the
     model was applied (``"inference"``: device, precision, tta, sw_batch_size).
 
     The model runs on ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or a
     :class:`torch.device`; see :func:`dragsaw.inference.resolve_device`) at ``precision`` (``"32-true"``,
     ``"bf16-mixed"``, ``"16-mixed"``); ``tta`` / ``sw_batch_size`` None take the run's ``train.mirror`` /
     ``train.sw_batch_size``. ``progress`` shows a bar per split on stderr. Metrics are computed in float32.
+    ``shift`` (2D) applies a controlled intensity shift to every evaluated image as it is read (e.g. ``"gamma-0.5"``,
+    see :func:`dragsaw.data.intensity.intensity_shift`); ``metrics.json`` records it.
+
+    The data (the run's own or another dataset's) is read with the model's plan from the checkpoint
+    (``task.plan``: input size, normalisation, target spacing, modalities, CT statistics; see :mod:`dragsaw.plan`),
+    whatever the evaluation configuration says about those; its classes, labels and regions are used.
 
     Raises:
         ConfigError / DataError: bad overrides, data that moved or changed (with the fix), incompatible data, or a
@@ -505,7 +559,7 @@ def evaluate_run(run_or_ckpt: str | Path, config: RunConfig | None = None, *, ou
     autocast_dtype(precision, device)
     task, ckpt = load_task(run_or_ckpt)
     settings = InferenceSettings.from_config(task.config, mirror=tta, sw_batch_size=sw_batch_size,
-                                             precision=precision)  # checks sw_batch_size
+                                             precision=precision, plan=task.plan)  # checks sw_batch_size
     run_dir = ckpt.parent.parent
     own = config is None
     if not own and overrides:
@@ -520,20 +574,19 @@ def evaluate_run(run_or_ckpt: str | Path, config: RunConfig | None = None, *, ou
         dims, other = task.config.model.spatial_dims, config.model.spatial_dims
         raise ConfigError(f"the model is {dims}D but the evaluation preset describes {other}D data; evaluate it on "
                           f"{dims}D data (a {'2D image' if dims == 2 else '3D volume'} preset).")
-    if not own:  # the model's input geometry and normalisation stay those it was trained with
-        for key in ("input_size", "mean", "std", "target_spacing", "ct_stats"):
-            setattr(config.data, key, getattr(task.config.data, key))
-    if own:
-        data = _run_data(config, run_dir, existing=True)  # the data the run recorded, wherever it is now
-    else:
-        data = _data_module(config, None, evaluate_only=True)  # another dataset: all of it is test data
-    out_dir = Path(out) if out else run_dir / "evaluation"
+    # the data is read as the model's training data was: its plan (input size, normalisation, spacing, modalities,
+    # CT statistics), never one planned from the evaluation data
+    if own:  # the run's data, wherever it is now
+        data = _run_data(config, run_dir, existing=True, image_shift=shift, plan=task.plan)
+    else:  # another dataset: all of it is test data
+        data = _data_module(config, None, evaluate_only=True, image_shift=shift, plan=task.plan)
+    out_dir = Path(out) if out else run_dir / "evaluation" / (f"shift-{shift}" if shift else "")
     out_dir.mkdir(parents=True, exist_ok=True)
     task.to(device)
     results = _evaluate_splits(task, data, splits, device, out_dir, config=config, precision=precision, tta=tta,
                                sw_batch_size=sw_batch_size, progress=progress)
     payload = {"checkpoint": str(ckpt), "dataset": config.data.dataset, "root": config.data.root,
                "inference": {"device": str(device), "precision": settings.precision, "tta": settings.mirror,
-                             "sw_batch_size": settings.sw_batch_size}, **results}
+                             "sw_batch_size": settings.sw_batch_size, "shift": shift}, **results}
     write_json_atomic(payload, out_dir / "metrics.json")
     return payload

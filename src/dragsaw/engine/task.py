@@ -15,12 +15,17 @@ from ..config import RunConfig, config_from_dict, config_to_dict
 from ..errors import DragsawError
 from ..inference import InferenceSettings, infer
 from ..metrics import case_metrics, resize_logits_to, summarize
+from ..plan import Plan
 from ..taps import FeatureTaps
 from ..uafs import UncertaintySelect, at_least_float32, uafs_aux_loss
 from .build import build_network
 from .distributed import gather_cases
 
 __all__ = ["SegmentationTask", "NonFiniteLossError", "ramp_factor", "warmup_cosine"]
+
+
+_FIX_SAVED = ("the checkpoint is damaged or from an incompatible dragsaw; use the run's other checkpoint, restore it "
+              "from a backup, or train the run again")
 
 
 class NonFiniteLossError(DragsawError):
@@ -113,13 +118,22 @@ class SegmentationTask(L.LightningModule):
         steps_per_epoch: optimizer steps per epoch on each process (for the warm-up/cosine schedule and the PDCR
             ramp; with several devices, the single-device steps shared out, see
             :func:`dragsaw.engine.distributed.per_rank_steps`).
+        plan: the run's plan as a plain dict (:meth:`dragsaw.plan.Plan.to_dict`), saved in every checkpoint with
+            the configuration; ``None`` (checkpoints from before plans) rebuilds it from ``config``, whose
+            ``data.target_spacing`` / ``modalities`` / ``ct_stats`` such runs filled in
+            (:meth:`dragsaw.plan.Plan.from_config`).
+
+    Attributes:
+        plan: the :class:`dragsaw.plan.Plan` the network was built with (and inference preprocesses with).
     """
 
-    def __init__(self, config: dict, in_channels: int, steps_per_epoch: int = 1) -> None:
+    def __init__(self, config: dict, in_channels: int, steps_per_epoch: int = 1, plan: dict | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.config: RunConfig = config_from_dict(config)
-        network = build_network(self.config, in_channels)
+        self.plan: Plan = (Plan.from_dict(plan, source="the plan saved with the model", fix=_FIX_SAVED)
+                           if plan is not None else Plan.from_config(self.config, in_channels=in_channels))
+        network = build_network(self.config, in_channels, self.plan)
         self.model = network.model
         self.pdcr = network.pdcr
         self.tap_names = network.tap_names
@@ -135,8 +149,11 @@ class SegmentationTask(L.LightningModule):
         self._val_cases: list[tuple[str, dict]] = []  # (case id, metrics) of this process's validation cases
 
     @classmethod
-    def from_config(cls, config: RunConfig, in_channels: int, steps_per_epoch: int = 1) -> SegmentationTask:
-        return cls(config_to_dict(config), in_channels, steps_per_epoch)
+    def from_config(cls, config: RunConfig, in_channels: int, steps_per_epoch: int = 1,
+                    plan: Plan | None = None) -> SegmentationTask:
+        """The task of a :class:`~dragsaw.config.RunConfig` and (for a run) its :class:`~dragsaw.plan.Plan`; without a
+        plan the network is planned from ``config`` alone (see :meth:`dragsaw.plan.Plan.from_config`)."""
+        return cls(config_to_dict(config), in_channels, steps_per_epoch, None if plan is None else plan.to_dict())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, K, *S]`` for images ``[B, C, *S]`` (the host's full-resolution output)."""
@@ -247,7 +264,7 @@ class SegmentationTask(L.LightningModule):
         evaluation maps predictions back to the input grid)."""
         K = self.config.data.num_classes
         if self.config.model.spatial_dims == 3:
-            logits, _ = infer(self.model, batch["image"], InferenceSettings.from_config(self.config))
+            logits, _ = infer(self.model, batch["image"], InferenceSettings.from_config(self.config, plan=self.plan))
             if self._taps is not None:
                 self._taps.pop()
             for i in range(logits.shape[0]):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from .base import HostNetwork, TapSpec
 from .deeplabv3plus import DeepLabV3Plus  # importing a network module registers it
 from .dynunet import DynUNet, plan_dynunet
-from .registry import available_models, create_model, register_model
+from .registry import available_models, create_model, plan_topology, register_model
 from .unet import UNet
 
 __all__ = [
@@ -23,5 +23,6 @@ __all__ = [
     "available_models",
     "create_model",
     "plan_dynunet",
+    "plan_topology",
     "register_model",
 ]

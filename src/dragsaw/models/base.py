@@ -9,7 +9,9 @@ forward hooks and :func:`dragsaw.taps.insert_after` without editing the network.
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -83,6 +85,35 @@ class HostNetwork(nn.Module, abc.ABC):
     @abc.abstractmethod
     def uafs_points(self) -> list[tuple[str, int]]:
         """``(module name, channels)`` of the paper's default UAFS insertion points, in forward order."""
+
+    @classmethod
+    def plan_topology(
+        cls,
+        *,
+        spatial_dims: int,
+        input_size: Sequence[int],
+        spacing: Sequence[float] | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Constructor options that fix this host's layout for patches of ``input_size`` at voxel ``spacing``.
+
+        A run computes them once from its data (``dragsaw.plan.Plan``), records them in its plan and passes them
+        back to the constructor (with the user's ``options``), so the network is rebuilt identically at inference.
+        Hosts whose layout does not depend on the data (the default) return ``{}``.
+
+        Args:
+            spatial_dims: 2 or 3.
+            input_size: the training input (2D) or patch (3D) size, one int per spatial axis.
+            spacing: the target voxel spacing per axis (``None``: isotropic / unknown).
+            options: the user's constructor options (``model.options``); explicit ones win over planned ones.
+
+        Returns:
+            JSON-serialisable keyword arguments of the constructor (lists, ints, floats, strings).
+
+        Raises:
+            ConfigError: ``input_size``, ``spacing`` or ``options`` cannot give a layout (names the value).
+        """
+        return {}
 
     def check_input(self, x: torch.Tensor) -> None:
         """Check that ``x`` is ``[B, in_channels, *S]`` with ``spatial_dims`` spatial axes.

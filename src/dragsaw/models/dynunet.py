@@ -20,7 +20,8 @@ With the same kernels/strides/filters, the parameters map one-to-one onto MONAI'
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -74,6 +75,13 @@ def plan_dynunet(
         strides.append(step)
         sizes = [math.ceil(n / s) for n, s in zip(sizes, step)]
         current = [c * s for c, s in zip(current, step)]
+
+
+def _plain(levels: object) -> object:
+    """Per-level values with tuples turned into lists (JSON); anything else unchanged (checked by the constructor)."""
+    if isinstance(levels, (list, tuple)):
+        return [list(v) if isinstance(v, (list, tuple)) else v for v in levels]
+    return levels
 
 
 class UNetBlock(nn.Module):
@@ -197,6 +205,39 @@ class DynUNet(HostNetwork):
             conv(sd, f[i + 1], num_classes, 1, bias=True) for i in range(self.deep_supervision)
         )
         init_he(self, negative_slope=slope, mode="fan_in")
+
+    @classmethod
+    def plan_topology(
+        cls,
+        *,
+        spatial_dims: int,
+        input_size: Sequence[int],
+        spacing: Sequence[float] | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The per-level ``kernel_size`` and ``strides`` (nnU-Net-like, see :func:`plan_dynunet`).
+
+        ``options`` given by the user win: explicit ``kernel_size`` and ``strides`` are returned as they are (lists);
+        else the levels are planned from ``options["patch_size"]`` (default ``input_size``) and
+        ``options["spacing"]`` (default ``spacing``, the data's target spacing). With only one of ``kernel_size`` /
+        ``strides`` nothing is planned (``{}``): the constructor then names the missing one.
+
+        Returns:
+            ``{"kernel_size": [[k, ...], ...], "strides": [[s, ...], ...]}`` (one per-axis list per level), or ``{}``.
+
+        Raises:
+            ConfigError: a bad patch size or spacing (naming it).
+        """
+        options = dict(options or {})
+        given = [options.get("kernel_size"), options.get("strides")]
+        if any(v is not None for v in given):
+            if all(v is not None for v in given):
+                return {"kernel_size": _plain(given[0]), "strides": _plain(given[1])}
+            return {}
+        sd = check_int("spatial_dims", spatial_dims, minimum=1)
+        patch = check_int_tuple("patch_size", options.get("patch_size", list(input_size)), length=sd)
+        kernels, strides = plan_dynunet(patch, options.get("spacing", spacing))
+        return {"kernel_size": [list(k) for k in kernels], "strides": [list(s) for s in strides]}
 
     def _levels(
         self,

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from ..errors import ConfigError
 from ._checks import did_you_mean
 from .base import HostNetwork
 
-__all__ = ["available_models", "create_model", "register_model"]
+__all__ = ["available_models", "create_model", "plan_topology", "register_model"]
 
 _MODELS: dict[str, Callable[..., HostNetwork]] = {}
 _F = TypeVar("_F", bound=Callable[..., HostNetwork])
@@ -104,6 +104,44 @@ def create_model(
             "not a dragsaw.models.HostNetwork."
         )
     return model
+
+
+def plan_topology(
+    name: str,
+    *,
+    spatial_dims: int,
+    input_size: Sequence[int],
+    spacing: Sequence[float] | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The data-dependent constructor options of the network registered as ``name`` (its layout for this data).
+
+    Calls the factory's ``plan_topology`` classmethod (see :meth:`dragsaw.models.base.HostNetwork.plan_topology`);
+    factories without one (functions, hosts whose layout does not depend on the data) give ``{}``. The result is
+    passed back to :func:`create_model` together with ``options``.
+
+    Args:
+        name: a name from :func:`available_models`.
+        spatial_dims: 2 or 3.
+        input_size: the training input / patch size, one int per spatial axis.
+        spacing: the target voxel spacing per axis, or ``None``.
+        options: the user's constructor options (``model.options``).
+
+    Returns:
+        JSON-serialisable keyword arguments, e.g. ``{"kernel_size": [[3, 3, 3], ...], "strides": [[1, 1, 1], ...]}``
+        for ``"dynunet"``.
+
+    Raises:
+        ConfigError: an unknown model name (with the valid ones) or values that give no layout.
+    """
+    if name not in _MODELS:
+        raise ConfigError(
+            f"unknown model {name!r}; available models: {available_models()}.{did_you_mean(name, _MODELS)}"
+        )
+    planner = getattr(_MODELS[name], "plan_topology", None)
+    if planner is None:
+        return {}
+    return dict(planner(spatial_dims=spatial_dims, input_size=input_size, spacing=spacing, options=options or {}))
 
 
 def _parameters(factory: Callable[..., Any]) -> list[str] | None:

@@ -22,7 +22,7 @@ from PIL import Image
 from dragsaw.cli import main
 from dragsaw.data import write_decathlon, write_folder
 
-from .corpus import nifti, rgb, save, truncate
+from _corpus import nifti, rgb, save, truncate
 
 FAST2D = ["model.options.channels=[4, 8, 16]", "data.input_size=[32, 32]", "train.epochs=1", "train.batch_size=4",
           "pdcr.encoder_samples=[16, 8]", "pdcr.decoder_samples=[8, 4]", "pdcr.cross_samples=8",

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from dragsaw.cli import main
+
+pytestmark = pytest.mark.slow  # two tiny training runs and a report
 
 
 def test_quick_demo_writes_a_comparable_report(tmp_path, capsys):

@@ -23,7 +23,7 @@ from dragsaw.config import config_to_dict, load_preset
 from dragsaw.data import write_folder
 from dragsaw.engine.guard import LOCK_FILE, RunLock
 
-from .cli_support import FAST2D, run_cli, sets
+from _cli import FAST2D, run_cli, sets
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 SETTINGS = [*FAST2D, "train.batch_size=2", "pdcr.layers=null", "pdcr.cross_layers=null"]  # the host's own taps
@@ -56,6 +56,7 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
 
 
 # ------------------------------------------------------------------ 2. signals (and 1. the lock of a live run)
+@pytest.mark.slow
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
 def test_signal_stops_at_a_step_writes_last_ckpt_and_resume_continues(sig, code, data, tmp_path):
     run = tmp_path / "run"
@@ -86,6 +87,7 @@ def test_signal_stops_at_a_step_writes_last_ckpt_and_resume_continues(sig, code,
     assert json.loads((run / "metrics.json").read_text())["global_steps"] == 15  # 3 epochs x 5 steps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_during_validation_lets_it_finish_then_stops_after_the_next_step(sig, code, data, tmp_path,
                                                                                 monkeypatch):

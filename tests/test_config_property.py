@@ -23,7 +23,7 @@ from dragsaw.engine.guard import LOCK_FILE
 from dragsaw.engine.run import resume_config
 from dragsaw.errors import ConfigError
 
-from .cli_support import run_cli
+from _cli import run_cli
 
 FIELDS = {section: [f.name for f in dataclasses.fields(cls)] for section, cls in _SECTIONS.items()}
 TOP = [f.name for f in dataclasses.fields(RunConfig)]
@@ -108,6 +108,7 @@ def counted_train(monkeypatch):
     monkeypatch.setattr(dragsaw.engine, "train", wrapper)
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(key=st.sampled_from(KEYS), value=values, raw=st.booleans(), text=st.text(max_size=12))
 def test_any_set_value_is_exit_0_or_2(counted_train, key, value, raw, text):
@@ -121,6 +122,7 @@ def test_any_set_value_is_exit_0_or_2(counted_train, key, value, raw, text):
         check(result, out)
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(doc=documents(), profile=st.sampled_from([None, "cpu"]))
 def test_any_preset_document_is_exit_0_or_2(counted_train, doc, profile):
@@ -135,6 +137,7 @@ def test_any_preset_document_is_exit_0_or_2(counted_train, doc, profile):
         check(result, out)
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(doc=documents(), overrides=st.lists(st.sampled_from(KEYS).map(lambda k: f"{k}=1"), max_size=1))
 def test_any_config_yaml_is_exit_0_or_2_on_resume(counted_train, doc, overrides):

@@ -14,7 +14,7 @@ from dragsaw.data.cases import Case
 from dragsaw.data.verify import Problem, VerifyReport, verify_cases, verify_dataset
 from dragsaw.errors import ConfigError, DataError
 
-from .corpus import CORPUS, BadInput, clean_folder, mask, pair, rgb, save
+from _corpus import CORPUS, BadInput, clean_folder, mask, pair, rgb, save
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 

@@ -17,13 +17,13 @@ from PIL import Image
 from dragsaw import cli
 from dragsaw.errors import ConfigError
 
-from .cli_support import (
+from _cli import (
     DECATHLON_FAULTS, PRESET, TABLE, broken_task, expected_outputs, gray_folder, predict_inputs_2d, predict_inputs_3d,
     run_cli, tiny_task, train_argv, unwritable_dir, write_table,
 )
-from .corpus import CORPUS
+from _corpus import CORPUS
 
-SRC = Path(__file__).resolve().parents[2] / "src"
+SRC = Path(__file__).resolve().parents[1] / "src"
 DIMS = pytest.mark.parametrize("dims", [2, 3], ids=["2d", "3d"])
 
 
@@ -92,6 +92,7 @@ def test_train_and_verify_on_each_bad_3d_dataset_kind(fault, tmp_path):
 
 
 # ------------------------------------------------------------------ missing paths
+@pytest.mark.slow
 @DIMS
 def test_missing_data_root_run_input(dims, runs, tmp_path):
     missing = tmp_path / "no_such_dataset"
@@ -130,6 +131,7 @@ def test_missing_run_preset_or_root(label, tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ predict over good and bad inputs
+@pytest.mark.slow
 @DIMS
 def test_predict_writes_the_good_and_names_the_bad(dims, runs, data, tmp_path):
     source = sorted((data[2] / "test" / "images").iterdir())[0] if dims == 2 else \
@@ -162,6 +164,7 @@ def test_predict_writes_the_good_and_names_the_bad(dims, runs, data, tmp_path):
             assert seg.shape == nib.load(path).shape[:3]
 
 
+@pytest.mark.slow
 def test_predict_all_bad_or_empty_folder_leaves_nothing(runs, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -185,6 +188,7 @@ OUTPUT_COMMANDS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["unwritable", "existing_file"])
 @pytest.mark.parametrize("command", sorted(OUTPUT_COMMANDS))
 def test_unwritable_output_directory(command, where, runs, data, tmp_path):
@@ -216,6 +220,7 @@ def test_debug_shows_the_exception_instead_of_the_paragraph(monkeypatch):
         cli.main(["--debug", "presets"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("debug", [False, True], ids=["plain", "debug"])
 def test_console_process_exit_code_and_traceback(debug):
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
@@ -244,6 +249,7 @@ def test_bad_arguments_exit_2_with_usage(argv, words, tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ evaluate on other data, --set, verify --strict
+@pytest.mark.slow
 @pytest.mark.parametrize("dims,preset", [(2, "decathlon"), (3, "msd-heart")])
 def test_evaluate_on_data_with_other_classes(dims, preset, runs, data, tmp_path):
     result = run_cli(["evaluate", str(runs[dims]), "--preset", preset, "--data-root", str(data[3]), "--out",
@@ -253,6 +259,7 @@ def test_evaluate_on_data_with_other_classes(dims, preset, runs, data, tmp_path)
     assert not (tmp_path / "ev").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dims", [2, 3], ids=["2d-run-3d-data", "3d-run-2d-data"])
 def test_evaluate_on_data_of_the_other_dimensionality(dims, runs, tmp_path):
     if dims == 2:
