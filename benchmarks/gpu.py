@@ -284,12 +284,19 @@ def _measure_inner(spec: dict) -> dict:
 
 
 def _run_isolated(spec: dict, timeout: float, start_method: str) -> dict:
+    return {"variant": spec["variant"], "precision": spec["precision"],
+            **run_in_process(_measure, spec, timeout, start_method)}
+
+
+def run_in_process(target, spec: dict, timeout: float, start_method: str) -> dict:
+    """``target(spec, queue)`` in a fresh process: the dict it puts on the queue, or ``{"error": ...}`` when the
+    process dies or runs past ``timeout`` seconds (it is then terminated)."""
     import multiprocessing as mp
     import queue as queue_module
 
     ctx = mp.get_context(start_method)
     queue = ctx.Queue()
-    proc = ctx.Process(target=_measure, args=(spec, queue))
+    proc = ctx.Process(target=target, args=(spec, queue))
     proc.start()
     deadline = time.monotonic() + timeout
     result = None
@@ -309,7 +316,7 @@ def _run_isolated(spec: dict, timeout: float, start_method: str) -> dict:
                     proc.kill()
                 result = {"error": f"timeout after {timeout:.0f} s"}
     proc.join(10)
-    return {"variant": spec["variant"], "precision": spec["precision"], **result}
+    return result
 
 
 def cmd_throughput(args) -> int:

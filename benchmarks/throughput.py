@@ -50,10 +50,8 @@ import dataclasses
 import datetime
 import gc
 import json
-import multiprocessing as mp
 import os
 import platform
-import queue as queue_module
 import statistics
 import sys
 import time
@@ -375,28 +373,9 @@ def _measure_inner(job: dict) -> dict:
 
 def run_isolated(job: dict, timeout: float, start_method: str) -> dict:
     """``_measure(job)`` in a fresh process, killed after ``timeout`` seconds."""
-    ctx = mp.get_context(start_method)
-    out = ctx.Queue()
-    proc = ctx.Process(target=_measure, args=(job, out))
-    proc.start()
-    deadline = time.monotonic() + timeout
-    result = None
-    while result is None:
-        try:
-            result = out.get(timeout=1.0)
-        except queue_module.Empty:
-            if not proc.is_alive():
-                with contextlib.suppress(queue_module.Empty):
-                    result = out.get(timeout=1.0)
-                result = result or {"error": f"process died (exit code {proc.exitcode})"}
-            elif time.monotonic() > deadline:
-                proc.terminate()
-                proc.join(5)
-                if proc.is_alive():
-                    proc.kill()
-                result = {"error": f"timeout after {timeout:.0f} s"}
-    proc.join(10)
-    return result
+    from gpu import run_in_process
+
+    return run_in_process(_measure, job, timeout, start_method)
 
 
 # --------------------------------------------------------------------------------------------- report

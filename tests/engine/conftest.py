@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from torch.utils.data import Dataset
 
 from dragsaw.data import write_folder
 
@@ -23,3 +24,19 @@ FAST = [
 def tiny_folder(tmp_path_factory):
     """12 training + 4 test synthetic pairs of 40x48 in the generic folder layout."""
     return write_folder(tmp_path_factory.mktemp("synth") / "data", n_train=12, n_test=4, size=(40, 48), seed=1)
+
+
+class Items(Dataset):
+    """Item ``i`` is ``(i, the seed of the latest reseed)``; every reseed is recorded."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.seeds = n, []
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        return i, self.seeds[-1]
+
+    def reseed(self, seed: int) -> None:
+        self.seeds.append(seed)

@@ -9,29 +9,17 @@ from collections import Counter
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from dragsaw.engine.data3d import PatchSampler
 
+from .conftest import Items
 
-class _Items(Dataset):
-    """Item ``i`` is ``(i, the seed of the latest reseed)``; every reseed is recorded."""
 
-    def __init__(self, n: int) -> None:
-        self.n, self.seeds = n, []
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int):
-        return i, self.seeds[-1]
-
-    def reseed(self, seed: int) -> None:
-        self.seeds.append(seed)
 
 
 def _sampler(n: int = 6, draws: int = 10, seed: int = 2) -> PatchSampler:
-    return PatchSampler(_Items(n), draws=draws, seed=seed, generator=torch.Generator())
+    return PatchSampler(Items(n), draws=draws, seed=seed, generator=torch.Generator())
 
 
 def _epoch(sampler: PatchSampler, epoch: int) -> list[int]:
@@ -65,7 +53,7 @@ def test_draws_depend_only_on_seed_and_epoch():
 
 def test_a_resumed_sampler_repeats_the_uninterrupted_epoch():
     generator = torch.Generator()
-    sampler = PatchSampler(_Items(5), draws=8, seed=7, generator=generator)
+    sampler = PatchSampler(Items(5), draws=8, seed=7, generator=generator)
     loader = DataLoader(sampler.dataset, batch_size=2, sampler=sampler, generator=generator)
     batches = []
     for epoch in range(3):
@@ -75,7 +63,7 @@ def test_a_resumed_sampler_repeats_the_uninterrupted_epoch():
     state = generator.get_state()
 
     fresh_gen = torch.Generator()
-    fresh = PatchSampler(_Items(5), draws=8, seed=7, generator=fresh_gen)
+    fresh = PatchSampler(Items(5), draws=8, seed=7, generator=fresh_gen)
     fresh.set_epoch(2)
     assert torch.equal(fresh_gen.get_state(), state)
     assert fresh.dataset.seeds[-1] == sampler.dataset.seeds[-1]

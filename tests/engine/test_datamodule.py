@@ -6,29 +6,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from dragsaw.engine.datamodule import EpochSampler
 
+from .conftest import Items
 
-class _Items(Dataset):
-    """Item ``i`` is ``(i, the seed of the latest reseed)``; every reseed is recorded."""
 
-    def __init__(self, n: int) -> None:
-        self.n, self.seeds = n, []
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int):
-        return i, self.seeds[-1]
-
-    def reseed(self, seed: int) -> None:
-        self.seeds.append(seed)
 
 
 def _sampler(n: int = 9, seed: int = 4, num_samples: int | None = None) -> EpochSampler:
-    return EpochSampler(_Items(n), seed=seed, generator=torch.Generator(), num_samples=num_samples)
+    return EpochSampler(Items(n), seed=seed, generator=torch.Generator(), num_samples=num_samples)
 
 
 def _epoch(sampler: EpochSampler, epoch: int) -> list[int]:
@@ -70,7 +58,7 @@ def test_longer_epochs_concatenate_whole_permutations(n, num_samples):
 def test_a_resumed_sampler_repeats_the_uninterrupted_epoch():
     # uninterrupted: epochs 0..3 through a DataLoader (which draws its base seed from the generator each epoch)
     generator = torch.Generator()
-    sampler = EpochSampler(_Items(7), seed=11, generator=generator, num_samples=10)
+    sampler = EpochSampler(Items(7), seed=11, generator=generator, num_samples=10)
     loader = DataLoader(sampler.dataset, batch_size=3, sampler=sampler, generator=generator)
     batches = []
     for epoch in range(4):
@@ -81,7 +69,7 @@ def test_a_resumed_sampler_repeats_the_uninterrupted_epoch():
 
     # resumed at epoch 3: a fresh sampler, dataset and generator
     fresh_gen = torch.Generator()
-    fresh = EpochSampler(_Items(7), seed=11, generator=fresh_gen, num_samples=10)
+    fresh = EpochSampler(Items(7), seed=11, generator=fresh_gen, num_samples=10)
     fresh.set_epoch(3)
     assert torch.equal(fresh_gen.get_state(), state)  # worker seeds are drawn from the same state
     assert fresh.dataset.seeds[-1] == sampler.dataset.seeds[-1]  # the same augmentation stream

@@ -21,7 +21,7 @@ from dragsaw.engine.distributed import ShardSampler, gather_cases, launched_rank
 from dragsaw.engine.run import _check_trainer_settings, _run_data, load_task, resume_config
 from dragsaw.errors import ConfigError
 
-from .conftest import FAST
+from .conftest import FAST, Items
 
 # ----------------------------------------------------------------------------------------------- the rules
 
@@ -51,26 +51,12 @@ def test_per_rank_steps_refuses_fewer_samples_than_processes():
         per_rank_steps(3, 1, 4)
 
 
-class _Items(torch.utils.data.Dataset):
-    def __init__(self, n):
-        self.n, self.seeds = n, []
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        return i
-
-    def reseed(self, seed):
-        self.seeds.append(seed)
-
-
 @pytest.mark.parametrize("world", [2, 3])
 def test_epoch_sampler_shards_the_single_process_order(world):
-    one = EpochSampler(_Items(7), seed=5, generator=torch.Generator(), num_samples=12)
+    one = EpochSampler(Items(7), seed=5, generator=torch.Generator(), num_samples=12)
     one.set_epoch(3)
     order = list(one)
-    ranks = [EpochSampler(_Items(7), seed=5, generator=torch.Generator(), num_samples=12, rank=r, world=world)
+    ranks = [EpochSampler(Items(7), seed=5, generator=torch.Generator(), num_samples=12, rank=r, world=world)
              for r in range(world)]
     for r in ranks:
         r.set_epoch(3)
@@ -85,8 +71,8 @@ def test_epoch_sampler_shards_the_single_process_order(world):
 
 
 def test_patch_sampler_shards_the_single_process_draws():
-    one = PatchSampler(_Items(5), draws=8, seed=1, generator=torch.Generator())
-    ranks = [PatchSampler(_Items(5), draws=8, seed=1, generator=torch.Generator(), rank=r, world=2) for r in (0, 1)]
+    one = PatchSampler(Items(5), draws=8, seed=1, generator=torch.Generator())
+    ranks = [PatchSampler(Items(5), draws=8, seed=1, generator=torch.Generator(), rank=r, world=2) for r in (0, 1)]
     assert list(ranks[0]) + list(ranks[1]) == list(one)[0::2] + list(one)[1::2]
 
 

@@ -129,10 +129,7 @@ class VolumeData(L.LightningDataModule):
         Raises:
             ConfigError: fewer patches per epoch than processes.
         """
-        try:
-            return per_rank_steps(self._draws_per_epoch(), self.config.train.batch_size, world)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
+        return per_rank_steps(self._draws_per_epoch(), self.config.train.batch_size, world)
 
     def train_dataloader(self) -> DataLoader:
         tc = self.config.train

@@ -184,10 +184,7 @@ class SegmentationData(L.LightningDataModule):
         Raises:
             ConfigError: fewer samples per epoch than processes.
         """
-        try:
-            return per_rank_steps(self._samples_per_epoch(), self.config.train.batch_size, world)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
+        return per_rank_steps(self._samples_per_epoch(), self.config.train.batch_size, world)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)

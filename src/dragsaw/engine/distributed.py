@@ -29,7 +29,7 @@ import lightning as L
 import torch
 from torch.utils.data import Sampler
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 
 __all__ = ["SharedRunDir", "ShardSampler", "gather_cases", "launched_rank", "per_rank_steps", "rank_and_world",
            "shard"]
@@ -77,10 +77,10 @@ def per_rank_steps(samples: int, batch_size: int, world: int = 1) -> int:
     full batches of ``batch_size``, or one smaller batch when a rank has fewer samples than a batch.
 
     Raises:
-        ValueError: fewer samples than ranks (a rank would have nothing to train on).
+        ConfigError: (a ValueError) fewer samples than ranks (a rank would have nothing to train on).
     """
     if samples < world:
-        raise ValueError(f"an epoch of {samples} sample(s) cannot be shared by {world} processes; train on fewer "
+        raise ConfigError(f"an epoch of {samples} sample(s) cannot be shared by {world} processes; train on fewer "
                          "devices, or set train.iterations_per_epoch so that an epoch has at least one sample each.")
     return max(1, (samples // world) // batch_size)
 
