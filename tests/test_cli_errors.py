@@ -273,7 +273,7 @@ def test_evaluate_on_data_of_the_other_dimensionality(dims, runs, tmp_path):
 
 
 @pytest.mark.parametrize("item,words", [
-    ("train.epoch=1", ["'epoch'", "Did you mean ['epochs']"]),
+    ("train.epoch=1", ["'epoch'", "Did you mean 'epochs'?"]),
     ("nosection.x=1", ["'nosection'", "Valid keys"]),
     ("train.epochs", ["'train.epochs'", "section.key=value"]),
     ("train.epochs=[1", ["'train.epochs=[1'", "not valid YAML"]),

@@ -60,7 +60,8 @@ def test_2d_aurocs_at_the_native_size(uafs):
     g = torch.Generator().manual_seed(0)
     images = torch.randn(2, 1, 8, 8, generator=g)
     natives = [torch.randint(0, 2, (6, 5), generator=g), torch.randint(0, 2, (8, 8), generator=g)]
-    batch = {"image": images, "label_native": natives, "case_id": ["a", "b"]}
+    batch = {"image": images, "label_native": natives, "case_id": ["a", "b"],
+             "meta": [{"shape": tuple(n.shape), "path": "unused"} for n in natives]}
     per_case, _ = evaluate_loader(model, [batch], 2, include_hd95=False)
     for i, case in enumerate(per_case):
         native = natives[i]

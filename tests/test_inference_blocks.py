@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from dragsaw.data import ImageReader
 from dragsaw import inference, metrics
 from dragsaw.config import apply_overrides, load_preset
 from dragsaw.errors import ConfigError, DataError
@@ -165,7 +166,8 @@ def test_evaluate_loader_same_scores_with_small_bands(monkeypatch, one_thread):
     g = torch.Generator().manual_seed(3)
     images = torch.randn(2, 3, 32, 32, generator=g)
     natives = [torch.randint(0, 2, (333, 517), generator=g), torch.randint(0, 2, (130, 129), generator=g)]
-    batch = {"image": images, "label_native": natives, "case_id": ["a", "b"]}
+    batch = {"image": images, "label_native": natives, "case_id": ["a", "b"],
+             "meta": [{"shape": tuple(n.shape), "path": "unused"} for n in natives]}
     runs = []
     for limit in (2**40, 1):
         monkeypatch.setattr(metrics, "RESIZE_BLOCK_PIXELS", limit)
@@ -222,24 +224,18 @@ def test_large_image_is_predicted_in_bands(tmp_path, monkeypatch):
         out_png.write_bytes(b"")
         return out_png
 
-    class InputOnly:
+    def input_only(reader, path):
         """Stands in for the input pipeline, whose anti-aliased downsizing of a 4000 x 4000 image takes ~30 s on
         two cores (and is not what this test bounds): the network input and the native size."""
-
-        def __init__(self, cases, **_):
-            assert len(cases) == 1
-
-        def __getitem__(self, index):
-            return {"image": torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0)),
-                    "label": torch.zeros(32, 32, dtype=torch.int64), "case_id": "big",
-                    "label_native": torch.zeros(1, 1, dtype=torch.int64), "image_native_size": (height, width)}
+        return {"image": torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0)),
+                "meta": {"shape": (height, width), "path": str(path)}}
 
     def skip_png(array, path):  # so is encoding the three 4000 x 4000 PNGs
         assert array.shape == (height, width) and array.dtype == np.uint8
         path.write_bytes(b"")
         return path
 
-    monkeypatch.setattr(inference, "SegmentationDataset", InputOnly)
+    monkeypatch.setattr(ImageReader, "read_input", input_only)
     monkeypatch.setattr(inference, "infer", infer_then_arm)
     monkeypatch.setattr(inference, "save_overlay_png", skip_overlay)
     monkeypatch.setattr(inference, "save_png_atomic", skip_png)

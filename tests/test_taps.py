@@ -49,7 +49,7 @@ def test_hooks_removed_after_exception():
 
 
 def test_unknown_name_suggests_close_matches():
-    with pytest.raises(ValueError, match=r"no submodule named '2\.2x'.*Did you mean \['2\.2', '2\.1', '2\.0'\]"):
+    with pytest.raises(ValueError, match=r"no submodule named '2\.2x'.*Did you mean '2\.2'\? dragsaw\.taps"):
         FeatureTaps(net(), ["2.2x"])
     with pytest.raises(ValueError, match="duplicated names"):
         FeatureTaps(net(), ["0", "0"])

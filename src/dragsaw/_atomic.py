@@ -110,7 +110,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(
             f"{out} already exists and is {'a file' if not out.is_dir() else 'a non-empty folder'}; refusing to "
-            "overwrite it; fix: choose a new output folder or delete this one"
+            "overwrite it",
+            fix="choose a new output folder or delete this one",
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))

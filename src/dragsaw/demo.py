@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,25 +46,72 @@ def variant_overrides(name: str) -> list[str]:
     return list(VARIANTS[name])
 
 
+def _write_images(root: Path, settings: DemoSettings) -> tuple[Path, str]:
+    from .data import write_folder
+
+    path = write_folder(root, n_train=settings.n_train, n_test=settings.n_test, size=(settings.size, settings.size),
+                        seed=settings.seed)
+    return path, f"images of {settings.size}x{settings.size}"
+
+
+def _write_volumes(root: Path, settings: DemoSettings) -> tuple[Path, str]:
+    from .data import write_decathlon
+
+    path = write_decathlon(root, n_train=settings.n_train, n_test=settings.n_test, shape=VOLUME, seed=settings.seed)
+    return path, f"two-modality volumes of {VOLUME[0]}x{VOLUME[1]}x{VOLUME[2]} (1 x 1 x 2.5 mm), 3 classes"
+
+
+@dataclass(frozen=True)
+class DemoKind:
+    """What the 2D and the 3D demo differ in: data, preset, input size, budget, reported metrics, wording."""
+
+    preset: str
+    demo: DemoSettings
+    quick: DemoSettings
+    write: Callable[[Path, DemoSettings], tuple[Path, str]]
+    input_size: Callable[[DemoSettings], list[int]]
+    overrides: Callable[[DemoSettings], list[str]]
+    keys: tuple[str, ...]
+    host: str
+    notes: str = ""
+
+
+KINDS = {
+    2: DemoKind(
+        preset="folder", demo=DEMO, quick=QUICK, write=_write_images, input_size=lambda s: [s.size, s.size],
+        # the synthetic images all come from one "scanner", and the folder preset's intensity augmentations (made
+        # for real data from several sources) cost this short budget 0.06-0.1 Dice (0.709 -> 0.646 baseline, seed 0)
+        overrides=lambda s: ["data.normalization=fixed", "data.intensity_augmentation=false"],
+        keys=("dice_fg", "jaccard_fg", "accuracy", "hd95_fg"), host="U-Net host (folder preset, cpu profile)"),
+    3: DemoKind(
+        preset="decathlon", demo=DEMO_3D, quick=QUICK_3D, write=_write_volumes,
+        input_size=lambda s: [s.size, s.size, s.size * 2 // 3],
+        overrides=lambda s: ["data.fold=null", f"train.iterations_per_epoch={2 if s.epochs == 1 else 20}"],
+        keys=("dice/1", "dice/2", "dice_fg", "hd95_fg"), host="DynUNet host (decathlon preset, cpu profile)",
+        notes=" (class 1 = outer region, 2 = inner core; HD95 in mm)"),
+}
+"""The demo of each ``--dims``."""
+
+
+def _kind(dims: int) -> DemoKind:
+    if dims not in KINDS:
+        raise ConfigError(f"--dims must be 2 or 3, got {dims}.")
+    return KINDS[dims]
+
+
 def demo_config(data_root: Path, settings: DemoSettings, variant: str, dims: int = 2) -> RunConfig:
     """The demo's configuration: the CPU profile of ``folder`` (2D) or ``decathlon`` (3D) on the synthetic data."""
-    config = load_preset("folder" if dims == 2 else "decathlon", "cpu")
-    size = [settings.size] * 2 if dims == 2 else [settings.size, settings.size, settings.size * 2 // 3]
-    iterations = 2 if settings.epochs == 1 else 20
-    # 2D: the synthetic images all come from one "scanner", and the folder preset's intensity augmentations (made
-    # for real data from several sources) cost this short budget 0.06-0.1 Dice (0.709 -> 0.646 baseline, seed 0)
-    extra = (["data.normalization=fixed", "data.intensity_augmentation=false"] if dims == 2
-             else ["data.fold=null", f"train.iterations_per_epoch={iterations}"])
+    kind = _kind(dims)
     overrides = [
         f"data.root={data_root}",
-        f"data.input_size={size}",
-        *extra,
+        f"data.input_size={kind.input_size(settings)}",
+        *kind.overrides(settings),
         f"train.epochs={settings.epochs}",
         f"train.seed={settings.seed}",
         f"name=demo-{variant}",
         *variant_overrides(variant),
     ]
-    return apply_overrides(config, overrides)
+    return apply_overrides(load_preset(kind.preset, "cpu"), overrides)
 
 
 def run_demo(out: Path, *, quick: bool = False, dims: int = 2, variants=("baseline", "+PDCR+UAFS")) -> dict:
@@ -72,26 +120,17 @@ def run_demo(out: Path, *, quick: bool = False, dims: int = 2, variants=("baseli
     Returns:
         variant -> the run's ``metrics.json`` content.
     """
-    from .data import write_decathlon, write_folder
     from .engine import train
     from .report import comparison_table, write_report
 
-    if dims not in (2, 3):
-        raise ConfigError(f"--dims must be 2 or 3, got {dims}.")
-    settings = (QUICK if quick else DEMO) if dims == 2 else (QUICK_3D if quick else DEMO_3D)
+    kind = _kind(dims)
+    settings = kind.quick if quick else kind.demo
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"demo output {str(out)!r} exists and is not empty; pass another --out or delete it.")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    if dims == 2:
-        data_root = write_folder(out / "data", n_train=settings.n_train, n_test=settings.n_test,
-                                 size=(settings.size, settings.size), seed=settings.seed)
-        what = f"images of {settings.size}x{settings.size}"
-    else:
-        data_root = write_decathlon(out / "data", n_train=settings.n_train, n_test=settings.n_test, shape=VOLUME,
-                                    seed=settings.seed)
-        what = f"two-modality volumes of {VOLUME[0]}x{VOLUME[1]}x{VOLUME[2]} (1 x 1 x 2.5 mm), 3 classes"
+    data_root, what = kind.write(out / "data", settings)
     print(f"[demo] synthetic data: {settings.n_train} train + {settings.n_test} test {what} in {data_root}")
     results, timings = {}, {}
     for variant in variants:
@@ -101,8 +140,7 @@ def run_demo(out: Path, *, quick: bool = False, dims: int = 2, variants=("baseli
         t0 = time.perf_counter()
         results[variant] = train(config, run_dir, progress=not quick)
         timings[variant] = time.perf_counter() - t0
-    keys = ("dice_fg", "jaccard_fg", "accuracy", "hd95_fg") if dims == 2 else ("dice/1", "dice/2", "dice_fg", "hd95_fg")
-    keys += ("auroc_uafs", "auroc_entropy")
+    keys = kind.keys + ("auroc_uafs", "auroc_entropy")
     table = comparison_table({v: r["test"]["mean"] for v, r in results.items()}, keys=keys)
     lines = [f"| {v} | {r['seconds_per_step']:.3f} | {timings[v]:.0f} |" for v, r in results.items()]
     cost = "| variant | s / training step | training + evaluation (s) |\n|---|---|---|\n" + "\n".join(lines)
@@ -114,12 +152,11 @@ def run_demo(out: Path, *, quick: bool = False, dims: int = 2, variants=("baseli
                 target = out / f"{run.name}-{name}"
                 shutil.copyfile(run / "plots" / name, target)
                 images[f"{variant}: {name[:-4].replace('_', ' ')}"] = target
-    host = "U-Net host (folder preset, cpu profile)" if dims == 2 else "DynUNet host (decathlon preset, cpu profile)"
     extra = (
         f"Synthetic {what}: {settings.n_train} for training (20% carved for validation) and {settings.n_test} for "
-        f"testing; {host}, {settings.epochs} epochs, seed {settings.seed}, identical for every variant. Test-set "
+        f"testing; {kind.host}, {settings.epochs} epochs, seed {settings.seed}, identical for every variant. Test-set "
         f"metrics of the best validation checkpoint, per-case means +- std"
-        f"{'' if dims == 2 else ' (class 1 = outer region, 2 = inner core; HD95 in mm)'}.\n\n"
+        f"{kind.notes}.\n\n"
         f"**One seed per variant.** Each row is a single training run (seed {settings.seed}); a single run cannot "
         "tell an effect of the modules from seed noise (on Montgomery, changing only the seed moves a baseline's "
         "validation Dice by about 0.015). For the real comparison, with several seeds, paired per-case statistics "

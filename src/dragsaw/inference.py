@@ -26,8 +26,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ._atomic import atomic_file, write_json_atomic
-from .data import (Case, SegmentationDataset, collate_eval, image_channels, preprocess_transforms, read_image,
+from .data import (image_channels, read_image,
                    to_original_geometry, write_nifti)
+from .data.io.files import require_file
+from .data.transforms.intensity import LINEAR_MODES
 from .errors import ConfigError, DataError, DragsawError
 from .metrics import case_metrics, error_auroc, resize_logits_in_blocks, softmax_entropy
 from .plan import Plan
@@ -37,7 +39,7 @@ from .uafs import UncertaintySelect, uncertainty_maps
 __all__ = [
     "InferenceSettings", "PRECISIONS", "resolve_device", "autocast_dtype", "infer", "record_uncertainty",
     "finest_uncertainty", "evaluate_loader", "predict_files",
-    "save_png_atomic", "prediction_names", "PREDICT_MANIFEST", "read_predict_manifest",
+    "save_png_atomic", "prediction_names", "native_prediction", "PREDICT_MANIFEST", "read_predict_manifest",
 ]
 
 PREDICT_MANIFEST = ".dragsaw-predict.json"
@@ -219,11 +221,11 @@ def infer(model: nn.Module, images: torch.Tensor, settings: InferenceSettings) -
     def predictor(x):
         return _forward_with_uncertainty(model, x, dtype)
 
-    def whole(x):
-        if settings.spatial_dims == 3:
-            return sliding_window_inference(x, settings.roi_size, settings.sw_batch_size, predictor,
-                                            overlap=settings.overlap, mode="gaussian")
-        return predictor(x)
+    def whole(x):  # one forward when the input is the network's input size (2D: always), else windows
+        if not settings.roi_size or tuple(x.shape[2:]) == tuple(settings.roi_size):
+            return predictor(x)
+        return sliding_window_inference(x, settings.roi_size, settings.sw_batch_size, predictor,
+                                        overlap=settings.overlap, mode="gaussian")
 
     try:
         flips = [()] + ([(a,) for a in range(2, images.ndim)] if settings.mirror else [])
@@ -260,7 +262,7 @@ def finest_uncertainty(model: nn.Module, size: Sequence[int]) -> torch.Tensor | 
     if not maps:
         return None
     finest = max(maps.values(), key=lambda m: m[0, 0].numel())
-    mode = "bilinear" if finest.ndim == 4 else "trilinear"
+    mode = LINEAR_MODES[finest.ndim - 2]
     return F.interpolate(finest.float(), size=tuple(size), mode=mode, align_corners=False).clamp(0, 1)
 
 
@@ -270,10 +272,11 @@ def _middle_slice(volume: np.ndarray, label: np.ndarray) -> int:
     return int(counts.argmax()) if counts.any() else label.shape[-1] // 2
 
 
-def _overlay_item_3d(batch: dict, pred: torch.Tensor, unc: torch.Tensor | None, case_id: str) -> dict:
-    """A 2D overlay item from a volume in the preprocessed space: the slice with the most foreground."""
-    image = batch["image"][0, 0].numpy()
-    label = batch["label"][0].numpy()
+def _overlay_item_3d(batch: dict, pred: torch.Tensor, unc: torch.Tensor | None, case_id: str, i: int = 0) -> dict:
+    """A 2D overlay item from volume ``i`` of a batch, in the preprocessed space: the slice with the most
+    foreground."""
+    image = batch["image"][i, 0].numpy()
+    label = batch["label"][i].numpy()
     k = _middle_slice(image, label)
     lo, hi = np.percentile(image[..., k], [1, 99])
     item = {"image": np.clip((image[..., k] - lo) / max(hi - lo, 1e-6), 0, 1)[None], "label": label[..., k],
@@ -312,9 +315,9 @@ def evaluate_loader(
 ) -> tuple[list[dict], list[dict]]:
     """Per-case metrics at the native resolution / original geometry over an evaluation loader.
 
-    2D batches (``collate_eval``): logits resized to each native mask size before the arg-max. 3D batches
-    (``collate_eval3d``): sliding-window prediction mapped back to the input's grid (same shape and affine),
-    HD95 in millimetres. ``regions`` adds metrics of unions of classes.
+    Batches come from :func:`dragsaw.data.collate_eval`. Images: logits resized to each native mask size before the
+    arg-max. Volumes: sliding-window prediction mapped back to the input's grid (same shape and affine), HD95 in
+    millimetres. ``regions`` adds metrics of unions of classes.
 
     Every case also gets two error-detection scores (:func:`dragsaw.metrics.error_auroc`, at the native
     resolution / original geometry): ``auroc_uafs``, the AUROC of the finest UAFS uncertainty map for the
@@ -330,6 +333,7 @@ def evaluate_loader(
         for :func:`dragsaw.report.plot_overlays`.
     """
     settings = settings or InferenceSettings()
+    outputs = _outputs(settings.spatial_dims)
     was_training = model.training
     model.eval()
     per_case, items = [], []
@@ -342,19 +346,10 @@ def evaluate_loader(
         for batch in loader:
             logits, unc = infer(model, batch["image"].to(device), settings)
             for i, native in enumerate(batch["label_native"]):
-                case_id = batch["case_id"][i]
-                if settings.spatial_dims == 3:
-                    meta = batch["meta"][i]
-                    pred_pre = logits[i].argmax(0).cpu()
-                    pred = torch.from_numpy(np.asarray(to_original_geometry(pred_pre.numpy(), meta))).long()
-                    spacing = [float(v) for v in np.sqrt((np.asarray(meta["affine"])[:3, :3] ** 2).sum(0))]
-                    maps = [softmax_entropy(logits[i : i + 1].float())[0, 0]] + ([] if unc is None else [unc[i, 0]])
-                    mapped = to_original_geometry(torch.stack(maps).float().cpu(), meta)  # one resampling for both
-                    entropy, u_native = mapped[0], (None if unc is None else mapped[1])
-                else:  # at the native size, a band of columns at a time (never K x H x W floats at once)
-                    spacing = None
-                    unc_i = None if unc is None else unc[i : i + 1]
-                    pred, entropy, u_native = _native_maps_2d(logits[i : i + 1], unc_i, tuple(native.shape))
+                case_id, meta = batch["case_id"][i], batch["meta"][i]
+                unc_i = None if unc is None else unc[i : i + 1]
+                pred, entropy, u_native = outputs.native_maps(logits[i : i + 1], unc_i, meta)
+                spacing = outputs.spacing(meta)
                 scores = case_metrics(pred, native, num_classes, spacing=spacing, include_hd95=include_hd95)
                 # error detection: how well each uncertainty map ranks the wrong pixels above the right ones
                 scores["auroc_uafs"] = math.nan if u_native is None else error_auroc(u_native, pred, native)
@@ -364,13 +359,8 @@ def evaluate_loader(
                 per_case.append({"case_id": case_id, **scores})
                 bar.update(1)
                 if len(items) < overlays:
-                    if settings.spatial_dims == 3:
-                        items.append(_overlay_item_3d(batch, pred_pre, None if unc is None else unc[i, 0].cpu(), case_id))
-                    else:
-                        cases = {c.case_id: c for c in loader.dataset.cases}
-                        items.append({"image": read_image(cases[case_id].image), "label": native.numpy(),
-                                      "pred": pred.numpy(), "case_id": case_id,
-                                      **({"uncertainty": u_native} if u_native is not None else {})})
+                    items.append(outputs.overlay_item(batch, i, logits[i].argmax(0).cpu(), pred, native, u_native,
+                                                      None if unc is None else unc[i, 0].cpu()))
     finally:
         bar.close()
         model.train(was_training)
@@ -451,28 +441,6 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-def _load_image(path: Path, config, plan: Plan) -> dict:
-    """A 2D input read for :func:`_predict_image` with the ``plan``'s input size and normalisation: ``"image"``
-    ``[1, C, h, w]`` (the network input), ``"size"`` ``(H, W)`` (native) and ``"native"`` ``[C, H, W]`` float32 in
-    [0, 1] (for the overlay)."""
-    dataset = SegmentationDataset([Case(path.stem, path, None)], num_classes=config.data.num_classes,
-                                  input_size=plan.input_size, train=False, cache=False, mean=plan.mean, std=plan.std,
-                                  normalization=plan.normalization)
-    batch = collate_eval([dataset[0]])
-    return {"image": batch["image"], "size": tuple(int(s) for s in batch["image_native_size"][0]),
-            "native": torch.as_tensor(np.ascontiguousarray(read_image(path)))}  # a tensor: shared memory from workers
-
-
-def _load_volume(path: Path, config, plan: Plan) -> dict:
-    """A volume read and preprocessed for :func:`_predict_volume` with the ``plan``'s spacing, modalities and CT
-    statistics: ``"image"`` ``[1, C, X, Y, Z]`` and ``"meta"`` (the input's geometry, for
-    :func:`dragsaw.data.to_original_geometry`)."""
-    pipeline = preprocess_transforms(plan.require_spacing(), plan.modalities or ["MRI"], plan.ct_stats,
-                                     num_classes=config.data.num_classes)
-    item = pipeline({"image": str(path)})
-    return {"image": item["image"][None], "meta": item["meta"]}
-
-
 _INPUT_ERRORS = (DragsawError, OSError, ValueError, RuntimeError)
 """What a bad input raises: reported for that input, the others go on."""
 
@@ -484,21 +452,22 @@ def _reason(exc: BaseException) -> str:
 class _PredictInputs(Dataset):
     """The inputs of :func:`predict_files`, checked and read (in DataLoader workers when ``num_workers > 0``).
 
-    Item ``i`` is :func:`_load_image` / :func:`_load_volume` of ``jobs[i]``, or ``{"error": reason}`` for a bad
-    input, so that one bad file does not stop the loader.
+    Item ``i`` is ``jobs[i]`` checked and read by the model's reader (``outputs.load``), or ``{"error": reason}``
+    for a bad input, so that one bad file does not stop the loader.
     """
 
-    def __init__(self, jobs: list[tuple[Path, bool, str]], config, in_channels: int | None, plan: Plan) -> None:
-        self.jobs, self.config, self.in_channels, self.plan = jobs, config, in_channels, plan
+    def __init__(self, jobs: list[tuple[Path, str]], outputs: _Outputs, reader, in_channels: int | None) -> None:
+        self.jobs, self.outputs, self.reader, self.in_channels = jobs, outputs, reader, in_channels
 
     def __len__(self) -> int:
         return len(self.jobs)
 
     def __getitem__(self, index: int) -> dict:
-        path, volume, _ = self.jobs[index]
+        path, _ = self.jobs[index]
         try:
-            _check_input(path, volume, self.in_channels)
-            return _load_volume(path, self.config, self.plan) if volume else _load_image(path, self.config, self.plan)
+            _check_file(path)
+            self.outputs.check_input(path, self.in_channels)
+            return self.outputs.load(self.reader, path)
         except _INPUT_ERRORS as exc:
             return {"error": _reason(exc)}
 
@@ -544,32 +513,151 @@ def _predict_volume(model, loaded: dict, path: Path, out_dir: Path, config, sett
     return written
 
 
-def _check_input(path: Path, volume: bool, in_channels: int | None) -> None:
-    """Raise a :class:`DataError` naming ``path`` when it is missing, empty, not a readable NIfTI header (volumes)
-    or, with ``in_channels``, holds another channel count than the model takes."""
-    if not path.is_file():
-        raise DataError(f"{path} does not exist or is not a file; fix: check the path")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path} is empty (0 bytes); fix: copy or export it again")
-    if volume:
+def _check_file(path: Path) -> None:
+    """Raise a :class:`DataError` naming ``path`` when it is missing or empty."""
+    require_file(path, "input", missing_fix="check the path", empty_fix="copy or export it again")
+
+
+def _check_channels(path: Path, channels: int, in_channels: int | None, kind: str, hint: str = "") -> None:
+    if in_channels is not None and channels != in_channels:
+        raise DataError(
+            f"{path} has {channels} channel(s) but this run's model takes {in_channels}-channel {kind}", fix=f"convert "
+            f"it to {in_channels} channel(s){hint} or use a run trained on such inputs"
+        )
+
+
+class _Outputs:
+    """What differs between predicting images and volumes, behind one interface: which files are inputs, how an
+    input is checked and read, how per-case maps go back to the file's geometry, what files are written."""
+
+    kind: str  # "2D image" / "volume"
+    files: str  # what to give instead, in messages
+
+    def accepts(self, path: Path) -> bool:
+        raise NotImplementedError
+
+    def stem(self, path: Path) -> str:
+        raise NotImplementedError
+
+    def check_input(self, path: Path, in_channels: int | None) -> None:
+        raise NotImplementedError
+
+    def load(self, reader, path: Path) -> dict:
+        raise NotImplementedError
+
+    def native_maps(self, logits: torch.Tensor, unc: torch.Tensor | None, meta: dict):
+        """Arg-max (int64), normalised softmax entropy (float32, tensors on the CPU) and UAFS map (or ``None``) of
+        one case (``logits`` ``[1, K, *S]``, ``unc`` ``[1, 1, *S]``) in the file's own geometry ``meta["shape"]``."""
+        raise NotImplementedError
+
+    def spacing(self, meta: dict) -> list[float] | None:
+        raise NotImplementedError
+
+    def overlay_item(self, batch: dict, i: int, pred_pre: torch.Tensor, pred: torch.Tensor, native: torch.Tensor,
+                     u_native, unc_pre: torch.Tensor | None) -> dict:
+        raise NotImplementedError
+
+    def names(self, path: Path, num_classes: int, uncertainty: bool, probabilities: bool) -> list[str]:
+        raise NotImplementedError
+
+    def predict(self, model, loaded: dict, path: Path, out_dir: Path, config, settings, device,
+                probabilities: bool) -> list[Path]:
+        raise NotImplementedError
+
+
+class _ImageOutputs(_Outputs):
+    kind, files = "2D image", "image files"
+
+    def accepts(self, path: Path) -> bool:
+        return not path.name.endswith((".nii", ".nii.gz"))
+
+    def stem(self, path: Path) -> str:
+        return path.stem
+
+    def check_input(self, path: Path, in_channels: int | None) -> None:
+        hint = {1: " (grayscale)", 3: " (RGB)"}.get(in_channels, "")
+        _check_channels(path, image_channels(path), in_channels, "images", hint)  # DataError for non-images
+
+    def load(self, reader, path: Path) -> dict:
+        item = reader.read_input(path)
+        return {"image": item["image"][None], "size": tuple(item["meta"]["shape"]),
+                "native": torch.as_tensor(np.ascontiguousarray(read_image(path)))}  # tensors: shared from workers
+
+    def native_maps(self, logits, unc, meta):  # a band of columns at a time (never K x H x W floats at once)
+        return _native_maps_2d(logits, unc, tuple(meta["shape"]))
+
+    def spacing(self, meta):
+        return None
+
+    def overlay_item(self, batch, i, pred_pre, pred, native, u_native, unc_pre):
+        return {"image": read_image(batch["meta"][i]["path"]), "label": native.numpy(), "pred": pred.numpy(),
+                "case_id": batch["case_id"][i], **({"uncertainty": u_native} if u_native is not None else {})}
+
+    def names(self, path, num_classes, uncertainty, probabilities):
+        stem = path.stem
+        return [f"{stem}_mask.png", f"{stem}_prob.png" if num_classes == 2 else f"{stem}_probs.npy",
+                *([f"{stem}_uncertainty.png"] if uncertainty else []), f"{stem}_overlay.png"]
+
+    def predict(self, model, loaded, path, out_dir, config, settings, device, probabilities):
+        return _predict_image(model, loaded, path, out_dir, config, settings, device)
+
+
+class _VolumeOutputs(_Outputs):
+    kind, files = "volume", "NIfTI volumes"
+
+    def accepts(self, path: Path) -> bool:
+        return path.name.endswith((".nii", ".nii.gz"))
+
+    def stem(self, path: Path) -> str:
+        return _stem(path)
+
+    def check_input(self, path: Path, in_channels: int | None) -> None:
         import nibabel as nib
 
         try:
             shape = nib.load(str(path)).shape
         except Exception as exc:
-            raise DataError(f"{path} is not a readable NIfTI volume ({type(exc).__name__}: {exc}); fix: check that "
+            raise DataError(f"{path} is not a readable NIfTI volume ({type(exc).__name__}: {exc})", fix="check that "
                             "it is a complete .nii/.nii.gz file") from exc
-        channels = shape[3] if len(shape) == 4 else 1
-        kind = "volumes (modalities on the 4th axis)"
-    else:
-        channels = image_channels(path)  # DataError for files that are not images
-        kind = "images"
-    if in_channels is not None and channels != in_channels:
-        raise DataError(
-            f"{path} has {channels} channel(s) but this run's model takes {in_channels}-channel {kind}; fix: convert "
-            f"it to {in_channels} channel(s){'' if volume else {1: ' (grayscale)', 3: ' (RGB)'}.get(in_channels, '')} "
-            "or use a run trained on such inputs"
-        )
+        _check_channels(path, shape[3] if len(shape) == 4 else 1, in_channels, "volumes (modalities on the 4th axis)")
+
+    def load(self, reader, path: Path) -> dict:
+        item = reader.read_input(path)
+        return {"image": item["image"][None], "meta": item["meta"]}
+
+    def native_maps(self, logits, unc, meta):
+        pred = torch.from_numpy(np.asarray(to_original_geometry(logits[0].argmax(0).cpu().numpy(), meta))).long()
+        maps = [softmax_entropy(logits.float())[0, 0]] + ([] if unc is None else [unc[0, 0]])
+        mapped = to_original_geometry(torch.stack(maps).float().cpu(), meta)  # one resampling for both
+        return pred, mapped[0], (None if unc is None else mapped[1])
+
+    def spacing(self, meta):
+        return [float(v) for v in np.sqrt((np.asarray(meta["affine"])[:3, :3] ** 2).sum(0))]
+
+    def overlay_item(self, batch, i, pred_pre, pred, native, u_native, unc_pre):
+        return _overlay_item_3d(batch, pred_pre, unc_pre, batch["case_id"][i], i)
+
+    def names(self, path, num_classes, uncertainty, probabilities):
+        stem = _stem(path)
+        return [f"{stem}_seg.nii.gz", *([f"{stem}_probs.nii.gz"] if probabilities else []),
+                *([f"{stem}_uncertainty.nii.gz"] if uncertainty else [])]
+
+    def predict(self, model, loaded, path, out_dir, config, settings, device, probabilities):
+        return _predict_volume(model, loaded, path, out_dir, config, settings, device, probabilities)
+
+
+def native_prediction(logits: torch.Tensor, meta: dict, spatial_dims: int) -> torch.Tensor:
+    """The arg-max of one case's ``logits`` ``[1, K, *S]`` (network space) in the file's own geometry
+    ``meta["shape"]``: int64 on the CPU (images: logits resized before the arg-max; volumes: mapped back with the
+    file's affine)."""
+    return _outputs(spatial_dims).native_maps(logits, None, meta)[0]
+
+
+def _outputs(spatial_dims: int) -> _Outputs:
+    """The input/output hooks of a ``spatial_dims``-D model (the one place inference looks at the dimension)."""
+    if spatial_dims not in (2, 3):
+        raise ConfigError(f"inference supports 2D and 3D models, got spatial_dims={spatial_dims!r}")
+    return _ImageOutputs() if spatial_dims == 2 else _VolumeOutputs()
 
 
 def prediction_names(path: str | Path, *, spatial_dims: int, num_classes: int, uncertainty: bool,
@@ -578,14 +666,7 @@ def prediction_names(path: str | Path, *, spatial_dims: int, num_classes: int, u
 
     ``uncertainty``: the model has UAFS blocks; ``probabilities``: 3D class probabilities were asked for.
     """
-    path = Path(path)
-    if spatial_dims == 3:
-        stem = _stem(path)
-        return [f"{stem}_seg.nii.gz", *([f"{stem}_probs.nii.gz"] if probabilities else []),
-                *([f"{stem}_uncertainty.nii.gz"] if uncertainty else [])]
-    stem = path.stem
-    return [f"{stem}_mask.png", f"{stem}_prob.png" if num_classes == 2 else f"{stem}_probs.npy",
-            *([f"{stem}_uncertainty.png"] if uncertainty else []), f"{stem}_overlay.png"]
+    return _outputs(spatial_dims).names(Path(path), num_classes, uncertainty, probabilities)
 
 
 def _sha256(path: Path) -> str:
@@ -612,7 +693,7 @@ def read_predict_manifest(out_dir: str | Path) -> dict[str, dict]:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(
             f"{path}, the record of the files dragsaw predict wrote into {out_dir}, cannot be read ({exc}); without "
-            "it no file there can be replaced safely; fix: choose another --out folder (or restore the file)"
+            "it no file there can be replaced safely", fix="choose another --out folder (or restore the file)"
         ) from exc
     return files
 
@@ -645,7 +726,7 @@ def _check_out_dir(out_dir: Path, inputs: list[Path], planned: dict[str, Path], 
                 what.append(f"{len(existing)} file(s) predict would write ({_listing([out_dir / n for n in existing])})")
             raise DataError(
                 f"the output folder --out {out_dir} already holds {' and '.join(what)}; predict never replaces your "
-                f"files; fix: choose another --out (a new or empty folder), or pass {flag} to replace the outputs "
+                f"files", fix=f"choose another --out (a new or empty folder), or pass {flag} to replace the outputs "
                 f"of an earlier dragsaw predict into this folder (recorded in {PREDICT_MANIFEST}; input files and "
                 "files dragsaw did not write are never replaced)"
             )
@@ -656,14 +737,14 @@ def _check_out_dir(out_dir: Path, inputs: list[Path], planned: dict[str, Path], 
     if clash:
         raise DataError(
             f"predicting into --out {out_dir} would replace the input file(s) {_listing(clash)} (e.g. the ground truth "
-            f"case_mask.png next to case.png); inputs are never replaced, even with {flag}; fix: choose another --out "
+            f"case_mask.png next to case.png); inputs are never replaced, even with {flag}", fix="choose another --out "
             "folder, or rename the input files"
         )
     foreign = [out_dir / n for n in existing if n not in manifest]
     if foreign:
         raise DataError(
             f"--out {out_dir} holds {_listing(foreign)}, which predict would write but which dragsaw did not write "
-            f"(they are not in {out_dir / PREDICT_MANIFEST}); {flag} replaces only earlier dragsaw outputs; fix: move "
+            f"(they are not in {out_dir / PREDICT_MANIFEST}); {flag} replaces only earlier dragsaw outputs", fix="move "
             "those files away or choose another --out folder"
         )
     changed = [out_dir / n for n in existing
@@ -672,7 +753,7 @@ def _check_out_dir(out_dir: Path, inputs: list[Path], planned: dict[str, Path], 
     if changed:
         raise DataError(
             f"--out {out_dir} holds {_listing(changed)}, written by dragsaw predict but changed since (e.g. corrected "
-            f"by hand); {flag} replaces only unchanged dragsaw outputs; fix: move those files away or choose another "
+            f"by hand); {flag} replaces only unchanged dragsaw outputs", fix="move those files away or choose another "
             "--out folder"
         )
     return manifest
@@ -751,14 +832,14 @@ def predict_files(
     inputs = [Path(p) for p in inputs]
     failures: dict[str, str] = {}
     stems: dict[str, Path] = {}
-    jobs: list[tuple[Path, bool, str]] = []
+    jobs: list[tuple[Path, str]] = []
+    outputs = _outputs(settings.spatial_dims)
     planned: dict[str, Path] = {}
     for path in inputs:
-        volume = path.name.endswith((".nii", ".nii.gz"))
-        stem = _stem(path)
-        if volume != (settings.spatial_dims == 3):
-            failures[str(path)] = (f"a {'volume' if volume else '2D image'} given to a "
-                                   f"{settings.spatial_dims}D model; give {'NIfTI volumes' if settings.spatial_dims == 3 else 'image files'}")
+        stem = outputs.stem(path)
+        if not outputs.accepts(path):
+            given = "volume" if path.name.endswith((".nii", ".nii.gz")) else "2D image"
+            failures[str(path)] = (f"a {given} given to a {settings.spatial_dims}D model; give {outputs.files}")
             continue
         if stem in stems:
             if stems[stem].resolve() != path.resolve():
@@ -766,9 +847,8 @@ def predict_files(
                                        "of the two or predict them into separate --out folders")
             continue
         stems[stem] = path
-        jobs.append((path, volume, stem))
-        for name in prediction_names(path, spatial_dims=settings.spatial_dims, num_classes=config.data.num_classes,
-                                     uncertainty=uncertainty, probabilities=probabilities):
+        jobs.append((path, stem))
+        for name in outputs.names(path, config.data.num_classes, uncertainty, probabilities):
             planned[name] = path
     manifest = _check_out_dir(out_dir, inputs, planned, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -786,12 +866,13 @@ def predict_files(
         write_json_atomic({"tool": "dragsaw predict", "version": 1, "files": manifest}, out_dir / PREDICT_MANIFEST)
         recorded, last_record = len(written), time.monotonic()
 
-    loader = DataLoader(_PredictInputs(jobs, config, in_channels, plan), batch_size=None, shuffle=False,
+    loader = DataLoader(_PredictInputs(jobs, outputs, plan.reader(value_map=config.data.value_map), in_channels),
+                        batch_size=None, shuffle=False,
                         num_workers=num_workers, collate_fn=_as_is)
     bar = tqdm(total=len(jobs), desc="predict", unit="file", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     try:
         for index, loaded in enumerate(loader):  # in input order; workers read ahead
-            path, volume, stem = jobs[index]
+            path, stem = jobs[index]
             if "error" in loaded:  # found while checking or reading it: nothing of it reached the network
                 failures[str(path)] = loaded["error"]
                 bar.set_postfix(failed=len(failures), refresh=False)
@@ -800,10 +881,7 @@ def predict_files(
             staging = Path(tempfile.mkdtemp(prefix=f".{stem}.", suffix=".tmp", dir=out_dir))
             moved: list[Path] = []
             try:
-                if volume:
-                    files = _predict_volume(model, loaded, path, staging, config, settings, device, probabilities)
-                else:
-                    files = _predict_image(model, loaded, path, staging, config, settings, device)
+                files = outputs.predict(model, loaded, path, staging, config, settings, device, probabilities)
                 entries = {file.name: {"sha256": _sha256(file), "size": file.stat().st_size,
                                        "input": os.path.abspath(path)} for file in files}
                 for file in files:  # all outputs of this input are complete: move them out together

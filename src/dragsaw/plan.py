@@ -191,7 +191,7 @@ class Plan:
                 spacing = [float(v) for v in dc.target_spacing]
                 user.append("data.target_spacing")
             if normalization == "fixed":  # the 2D pipeline's defaults (transforms2d.NormalizeImage) by channels
-                from .data.transforms2d import GRAY_MEAN, GRAY_STD, IMAGENET_MEAN, IMAGENET_STD
+                from .data.transforms.images import GRAY_MEAN, GRAY_STD, IMAGENET_MEAN, IMAGENET_STD
 
                 defaults = {1: (GRAY_MEAN, GRAY_STD), 3: (IMAGENET_MEAN, IMAGENET_STD)}.get(in_channels, (None, None))
                 mean = [float(v) for v in dc.mean] if dc.mean is not None else _list(defaults[0])
@@ -242,6 +242,25 @@ class Plan:
                 if getattr(dc, key) is not None and self.normalization == "fixed":
                     pairs.append((key, [float(v) for v in getattr(dc, key)], getattr(self, key)))
         return [f"data.{key}: {mine!r} != {planned!r}" for key, mine, planned in pairs if mine != planned]
+
+    def reader(self, *, value_map=None, image_shift: str | None = None):
+        """The :class:`dragsaw.data.CaseReader` that reads data as this plan says: an ``ImageReader`` (input size,
+        normalisation) for 2D, a ``VolumeReader`` (target spacing, modalities, CT statistics, patch size) for 3D.
+
+        Args:
+            value_map: the configuration's ``data.value_map`` (stored label value -> class index).
+            image_shift: a controlled intensity shift of every image (2D robustness evaluation).
+
+        Raises:
+            ConfigError: a 3D plan without a target spacing (see :meth:`require_spacing`), or a shift for volumes.
+        """
+        from .data import ImageReader, VolumeReader
+
+        if self.spatial_dims == 3:
+            return VolumeReader(self.require_spacing(), self.modalities, self.input_size, num_classes=self.num_classes,
+                                ct_stats=self.ct_stats, value_map=value_map, image_shift=image_shift)
+        return ImageReader(self.input_size, num_classes=self.num_classes, value_map=value_map, mean=self.mean,
+                           std=self.std, normalization=self.normalization, image_shift=image_shift)
 
     def require_spacing(self) -> list[float]:
         """The 3D target spacing, for preprocessing.

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
-import difflib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from ._checks import did_you_mean
 
 __all__ = ["FeatureTaps", "ReceptiveField", "insert_after", "list_tappable", "receptive_field"]
 
@@ -22,10 +23,8 @@ def _lookup(model: nn.Module, name: str, what: str) -> nn.Module:
     modules = dict(model.named_modules())
     if not isinstance(name, str) or not name or name not in modules:
         candidates = [n for n in modules if n]
-        close = difflib.get_close_matches(str(name), candidates, n=5, cutoff=0.5)
-        hint = f" Did you mean {close}?" if close else ""
         raise ValueError(
-            f"{what}: {type(model).__name__} has no submodule named {name!r}.{hint} "
+            f"{what}: {type(model).__name__} has no submodule named {name!r}.{did_you_mean(name, candidates)} "
             f"dragsaw.taps.list_tappable(model) lists all {len(candidates)} valid names."
         )
     return modules[name]

@@ -161,3 +161,22 @@ def test_cross_validation_folds_partition_the_training_cases(tmp_path):
         cross_validation_splits(cases, folds=5, fold=5)
     with pytest.raises(DataError, match="cannot be dealt into 5 folds"):
         cross_validation_splits({"train": _cases(3)}, folds=5, fold=0)
+
+
+@pytest.mark.parametrize("n,k", [(5, 5), (11, 5), (12, 3), (17, 4), (40, 10)])
+def test_cross_validation_folds_are_seeded_and_balanced(n, k):
+    from dragsaw.data import cross_validation_splits
+
+    def layout(seed, listed=None):
+        cases = {"all": listed if listed is not None else _cases(n)}
+        return [tuple(c.case_id for c in cross_validation_splits(cases, folds=k, fold=f, seed=seed)["val"])
+                for f in range(k)]
+
+    folds = layout(7)
+    assert sorted(i for part in folds for i in part) == [c.case_id for c in _cases(n)]  # exactly one val fold each
+    assert max(map(len, folds)) - min(map(len, folds)) <= 1
+    assert layout(7) == folds and layout(7, _cases(n)[::-1]) == folds  # seeded, whatever the listing order
+    if n > k:  # with one case per fold only the fold numbers can change
+        assert layout(8) != folds
+    with pytest.raises(ConfigError, match=r"seed \(data.split_seed\) must be an int in 0..4294967295, got -1"):
+        cross_validation_splits({"all": _cases(n)}, folds=k, fold=0, seed=-1)

@@ -16,7 +16,6 @@ import torch
 from dragsaw.config import apply_overrides, load_preset
 from dragsaw.data import write_decathlon
 from dragsaw.engine.datamodule import EpochSampler
-from dragsaw.engine.data3d import PatchSampler
 from dragsaw.engine.distributed import ShardSampler, gather_cases, launched_rank, per_rank_steps, shard
 from dragsaw.engine.run import _check_trainer_settings, _run_data, load_task, resume_config
 from dragsaw.errors import ConfigError
@@ -68,12 +67,6 @@ def test_epoch_sampler_shards_the_single_process_order(world):
     assert dealt == order[: per_rank * world]  # the same global order, dealt out
     seeds = [r.dataset.seeds[-1] for r in ranks]
     assert seeds[0] == one.dataset.seeds[-1] and len(set(seeds)) == world  # rank 0 = one process; others differ
-
-
-def test_patch_sampler_shards_the_single_process_draws():
-    one = PatchSampler(Items(5), draws=8, seed=1, generator=torch.Generator())
-    ranks = [PatchSampler(Items(5), draws=8, seed=1, generator=torch.Generator(), rank=r, world=2) for r in (0, 1)]
-    assert list(ranks[0]) + list(ranks[1]) == list(one)[0::2] + list(one)[1::2]
 
 
 @pytest.mark.parametrize("env,rank", [

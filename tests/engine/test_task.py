@@ -1,5 +1,5 @@
-"""SegmentationTask's optimisation and loss: the warm-up/cosine LR multiplier against hand values, the LambdaLR that
-configure_optimizers builds (driven step by step), and the deep-supervision weights of segmentation_loss against
+"""SegmentationTask's optimisation and loss: the warm-up/cosine LR schedule (PyTorch schedulers in a SequentialLR)
+against hand values, the one configure_optimizers builds (driven step by step), and the deep-supervision weights of segmentation_loss against
 per-output cross-entropies computed here."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from dragsaw.config import apply_overrides, load_preset
 from dragsaw.engine import SegmentationTask
-from dragsaw.engine.task import warmup_cosine
+from dragsaw.engine.task import warmup_cosine_schedule
 
 SMALL = ["model.options.channels=[4, 8, 16]", "data.input_size=[32, 32]", "pdcr.enabled=false", "uafs.enabled=false"]
 
@@ -23,8 +23,24 @@ def _task(*overrides: str, steps_per_epoch: int = 1) -> SegmentationTask:
     return SegmentationTask.from_config(config, in_channels=1, steps_per_epoch=steps_per_epoch)
 
 
-# ------------------------------------------------------------------ warmup_cosine
+# ------------------------------------------------------------------ warmup_cosine_schedule
 HALF_SQRT2 = math.sqrt(2) / 2  # cos(pi/4)
+
+
+def _drive(scheduler, steps: int) -> list[float]:
+    """The learning rate before the first step and after each of ``steps`` optimizer + scheduler steps."""
+    optimizer = scheduler.optimizer
+    lrs = [optimizer.param_groups[0]["lr"]]
+    for _ in range(steps):
+        optimizer.step()  # no gradients: nothing changes, but the scheduler sees an optimizer step first
+        scheduler.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+    return lrs
+
+
+def _schedule_lrs(warmup: int, total: int, lr: float, min_lr: float, steps: int) -> list[float]:
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))], lr=lr)
+    return _drive(warmup_cosine_schedule(optimizer, warmup, total, min_lr), steps)
 
 
 @pytest.mark.parametrize("step,want", [
@@ -37,18 +53,36 @@ HALF_SQRT2 = math.sqrt(2) / 2  # cos(pi/4)
     (12, 0.1),  # min_ratio at total
     (13, 0.1), (40, 0.1),  # flat after total
 ])
-def test_warmup_cosine_hand_values(step, want):
-    assert warmup_cosine(step, warmup=4, total=12, min_ratio=0.1) == pytest.approx(want, rel=1e-12, abs=1e-15)
+def test_warmup_cosine_schedule_hand_values(step, want):
+    # base rate 2.0 and min_lr 0.2: the rates are 2 x the multipliers above
+    lrs = _schedule_lrs(warmup=4, total=12, lr=2.0, min_lr=0.2, steps=40)
+    assert lrs[step] == pytest.approx(2.0 * want, rel=1e-12, abs=1e-15)
 
 
-def test_warmup_cosine_without_warmup_and_monotone_decay():
-    values = [warmup_cosine(s, warmup=0, total=10, min_ratio=0.0) for s in range(15)]
+def test_warmup_cosine_schedule_without_warmup_and_monotone_decay():
+    values = _schedule_lrs(warmup=0, total=10, lr=1.0, min_lr=0.0, steps=14)
     assert values[0] == 1.0
     assert values[5] == pytest.approx(0.5, abs=1e-15)  # cos(pi/2) = 0
     assert values[10:] == pytest.approx([0.0] * 5, abs=1e-15)
     assert all(b <= a for a, b in zip(values, values[1:]))  # non-increasing after the start
-    ramp = [warmup_cosine(s, warmup=5, total=20, min_ratio=0.3) for s in range(1, 6)]
+    ramp = _schedule_lrs(warmup=5, total=20, lr=1.0, min_lr=0.3, steps=5)[1:]
     assert ramp == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0], abs=1e-15)
+
+
+@pytest.mark.parametrize("warmup,want", [
+    (1, [1.0, 1.0, 0.55, 0.1, 0.1]),  # one warm-up step: the cosine starts at step 1, over total - 1 = 2 steps
+    (2, [1.0, 0.5, 1.0, 0.1, 0.1]),  # step 1 at half the rate, the cosine over a single step
+    (6, [1.0, 1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0, 0.1, 0.1]),  # warm-up longer than total: one cosine step
+])
+def test_warmup_cosine_schedule_short_runs(warmup, want):
+    lrs = _schedule_lrs(warmup=warmup, total=3, lr=1.0, min_lr=0.1, steps=len(want) - 1)
+    assert lrs == pytest.approx(want, rel=1e-12)
+
+
+def test_warmup_cosine_schedule_min_lr_above_lr_rises_to_it():
+    lrs = _schedule_lrs(warmup=0, total=4, lr=1e-3, min_lr=5e-3, steps=6)
+    assert lrs == pytest.approx([1e-3, 1e-3 + 4e-3 * (1 - HALF_SQRT2) / 2, 3e-3, 1e-3 + 4e-3 * (1 + HALF_SQRT2) / 2,
+                                 5e-3, 5e-3, 5e-3], rel=1e-12)
 
 
 # ------------------------------------------------------------------ configure_optimizers
@@ -56,15 +90,23 @@ def _lrs(task: SegmentationTask, steps: int) -> list[float]:
     """The learning rate before the first step and after each of ``steps`` scheduler steps."""
     setup = task.configure_optimizers()
     optimizer, scheduler = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
-    assert isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR)
+    assert isinstance(scheduler, torch.optim.lr_scheduler.SequentialLR)
     assert setup["lr_scheduler"]["interval"] == "step"
     assert scheduler.optimizer is optimizer
-    lrs = [optimizer.param_groups[0]["lr"]]
-    for _ in range(steps):
-        optimizer.step()  # no gradients: nothing changes, but the scheduler sees an optimizer step first
-        scheduler.step()
-        lrs.append(optimizer.param_groups[0]["lr"])
-    return lrs
+    return _drive(scheduler, steps)
+
+
+@pytest.mark.parametrize("done", [0, 3, 9, 20])
+def test_schedule_resumes_the_old_lambda_lr_state(done):
+    """A checkpoint of the former LambdaLR form of the schedule (state without ``_schedulers``) resumes at the rate
+    an uninterrupted run has after ``done`` steps."""
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))], lr=2.0)
+    old_state = {"base_lrs": [2.0], "last_epoch": done, "_step_count": done + 1, "verbose": False,
+                 "_get_lr_called_within_step": False, "_last_lr": [0.0], "lr_lambdas": [None]}
+    resumed = warmup_cosine_schedule(optimizer, 4, 12, 0.2)
+    resumed.load_state_dict(old_state)
+    want = _schedule_lrs(warmup=4, total=12, lr=2.0, min_lr=0.2, steps=done + 5)
+    assert _drive(resumed, 5) == pytest.approx(want[done:], rel=1e-12, abs=1e-15)
 
 
 def test_configure_optimizers_schedule_reaches_min_lr_at_total():

@@ -52,8 +52,8 @@ def test_unknown_option_names_the_option_and_suggests_the_closest():
 @pytest.mark.parametrize(
     ("kwargs", "pattern"),
     [
-        ({"spatial_dims": 1}, "spatial_dims=1"),
-        ({"spatial_dims": 4}, "spatial_dims=4"),
+        ({"spatial_dims": 1}, r"^spatial_dims must be 2 or 3, got 1\.$"),
+        ({"spatial_dims": 4}, r"^spatial_dims must be 2 or 3, got 4\.$"),
         ({"in_channels": 0}, "in_channels must be >= 1"),
         ({"num_classes": 2.0}, "num_classes must be an int"),
     ],

@@ -223,12 +223,10 @@ def _check_plan(plan: BenchmarkPlan) -> None:
 
 def full_training_steps(config: RunConfig) -> int:
     """One pass over the whole training split at ``train.batch_size`` (the per-epoch budget of every run)."""
-    from ..engine.data3d import volume_cases
     from ..engine.datamodule import cases_for
 
     full = apply_overrides(config, ["data.train_fraction=1.0"])
-    finder = volume_cases if config.model.spatial_dims == 3 else cases_for
-    splits = finder(full, None, verify=False)
+    splits = cases_for(full, None, verify=False)
     n, b = len(splits["train"]), config.train.batch_size
     if n == 0:
         raise ConfigError(f"the dataset at {config.data.root} has no training cases.")

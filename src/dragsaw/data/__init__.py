@@ -2,18 +2,19 @@
 
 Typical use::
 
-    from dragsaw.data import find_cases, resolve_splits, SegmentationDataset
+    from dragsaw.data import ImageReader, SegmentationDataset, find_cases, resolve_splits
 
     splits = resolve_splits(find_cases("isic2016", "/data/ISIC2016"), seed=0, path="run/splits.json")
-    train = SegmentationDataset(splits["train"], input_size=(512, 512), train=True)
+    train = SegmentationDataset(splits["train"], ImageReader((512, 512)), train=True)
 """
 
 from __future__ import annotations
 
-from dragsaw.data.cases import Case
-from dragsaw.data.dataset2d import SegmentationDataset, collate_eval, worker_init_fn
-from dragsaw.data.datasets2d import (
+from dragsaw.data.adapters import (
     DATASETS,
+    available_datasets,
+    dataset_properties,
+    decathlon,
     digestpath,
     find_cases,
     folder,
@@ -22,25 +23,29 @@ from dragsaw.data.datasets2d import (
     isic2017,
     montgomery,
     ph2,
+    register_dataset,
 )
-from dragsaw.data.io2d import check_same_size, image_channels, map_mask_values, read_case, read_image, read_mask
+from dragsaw.data.cases import Case
+from dragsaw.data.dataset import SegmentationDataset, collate_eval, worker_init_fn
+from dragsaw.data.io.geometry import to_original_geometry, write_nifti
+from dragsaw.data.io.images import check_same_size, image_channels, read_case, read_image, read_mask
+from dragsaw.data.io.labels import map_mask_values
+from dragsaw.data.io.volumes import LoadVolumed, case_to_dict, read_header
+from dragsaw.data.readers import CaseReader, ImageReader, VolumeReader
 from dragsaw.data.splits import cross_validation_splits, nested_subset, resolve_splits
-from dragsaw.data.synthetic import generate, write_folder
-from dragsaw.data.transforms2d import NormalizeImage, eval_transforms, resize_transforms, train_transforms
-from dragsaw.data.decathlon import dataset_properties, decathlon
-from dragsaw.data.decathlon import register as _register_decathlon
-from dragsaw.data.dataset3d import VolumeDataset, collate_eval3d, ct_statistics, worker_init_fn3d
-from dragsaw.data.io3d import LoadVolumed, case_to_dict, read_header, to_original_geometry, write_nifti
-from dragsaw.data.synthetic3d import generate3d, write_decathlon
-from dragsaw.data.transforms3d import NormalizeModalities, preprocess_transforms
-from dragsaw.data.transforms3d import train_transforms as train_transforms3d
-
-_register_decathlon(DATASETS)  # find_cases("decathlon", root)
+from dragsaw.data.statistics import ct_statistics
+from dragsaw.data.synthetic.images import generate, write_folder
+from dragsaw.data.synthetic.volumes import generate3d, write_decathlon
+from dragsaw.data.transforms.images import NormalizeImage, eval_transforms, resize_transforms, train_transforms
+from dragsaw.data.transforms.volumes import NormalizeModalities, preprocess_transforms
+from dragsaw.data.transforms.volumes import train_transforms as train_transforms3d
 
 __all__ = [
     "Case",
     "DATASETS",
+    "available_datasets",
     "find_cases",
+    "register_dataset",
     "isic2016",
     "isic2017",
     "ph2",
@@ -62,6 +67,9 @@ __all__ = [
     "resize_transforms",
     "NormalizeImage",
     "SegmentationDataset",
+    "CaseReader",
+    "ImageReader",
+    "VolumeReader",
     "collate_eval",
     "worker_init_fn",
     "generate",
@@ -77,9 +85,6 @@ __all__ = [
     "ct_statistics",
     "preprocess_transforms",
     "train_transforms3d",
-    "VolumeDataset",
-    "collate_eval3d",
-    "worker_init_fn3d",
     "generate3d",
     "write_decathlon",
 ]

@@ -45,8 +45,8 @@ class Case:
             object.__setattr__(self, "mask", Path(self.mask))
         if not isinstance(self.case_id, str) or not self.case_id:
             raise DataError(
-                f"Case.case_id must be a non-empty string, got {self.case_id!r} for image {self.image}; "
-                "fix: give every case a name (usually the image file stem)"
+                f"Case.case_id must be a non-empty string, got {self.case_id!r} for image {self.image}",
+                fix="give every case a name (usually the image file stem)",
             )
 
     def mask_files(self) -> tuple[Path, ...]:

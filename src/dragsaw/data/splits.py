@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from monai.data import partition_dataset
 
 from dragsaw.data.cases import Case
 from dragsaw._atomic import write_text_atomic
@@ -48,8 +49,8 @@ def _carve(cases: list[Case], fraction: float, rng: np.random.Generator, what: s
     k = max(1, int(math.floor(fraction * n + 0.5)))
     if k >= n:
         raise DataError(
-            f"cannot carve a {what} split of {fraction:g} from {n} case(s): nothing would be left to train on; "
-            f"fix: add cases or lower the {what} fraction"
+            f"cannot carve a {what} split of {fraction:g} from {n} case(s): nothing would be left to train on",
+            fix=f"add cases or lower the {what} fraction",
         )
     order = rng.permutation(n)
     ordered = sorted(cases, key=lambda c: c.case_id)
@@ -65,18 +66,19 @@ def _check_input(cases_by_split: dict[str, list[Case]]) -> dict[str, Case]:
             "'test' (as the dataset adapters return them)"
         )
     if "all" not in keys and "train" not in keys:
-        raise DataError(f"cases_by_split has no 'train' split (keys: {sorted(keys)}); fix: provide training cases")
+        raise DataError(f"cases_by_split has no 'train' split (keys: {sorted(keys)})", fix="provide training cases")
     by_id: dict[str, Case] = {}
     for split, cases in cases_by_split.items():
         for case in cases:
             if case.case_id in by_id:
                 raise DataError(
                     f"case id {case.case_id!r} appears twice ({by_id[case.case_id].image} and {case.image}, "
-                    f"the second in split {split!r}); fix: make case ids unique across splits"
+                    f"the second in split {split!r})",
+                    fix="make case ids unique across splits",
                 )
             by_id[case.case_id] = case
     if not by_id:
-        raise DataError("cases_by_split holds no cases; fix: check the dataset root")
+        raise DataError("cases_by_split holds no cases", fix="check the dataset root")
     return by_id
 
 
@@ -92,20 +94,21 @@ def _load(
         payload = json.loads(path.read_text(encoding="utf-8"))
         stored = {s: [str(i) for i in payload["splits"][s]] for s in _SPLITS}
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"splits file {path} is unreadable or malformed ({exc}); fix: {fix}") from exc
+        raise DataError(f"splits file {path} is unreadable or malformed ({exc})", fix=fix) from exc
     ids = [i for s in _SPLITS for i in stored[s]]
     if len(ids) != len(set(ids)):
         dup = sorted({i for i in ids if ids.count(i) > 1})
-        raise DataError(f"splits file {path} lists case(s) {dup[:10]} in more than one split; fix: {fix}")
+        raise DataError(f"splits file {path} lists case(s) {dup[:10]} in more than one split", fix=fix)
     gone = [i for i in ids if i not in by_id]
     if gone:
         raise DataError(
             f"splits file {path} names {len(gone)} case(s) that no longer exist in the dataset: "
-            f"{', '.join(gone[:10])}{' ...' if len(gone) > 10 else ''}; fix: {fix}"
+            f"{', '.join(gone[:10])}{' ...' if len(gone) > 10 else ''}",
+            fix=fix,
         )
     leaked = sorted(official_test & set(stored["train"] + stored["val"]))
     if leaked:
-        raise DataError(f"splits file {path} puts official test case(s) {leaked[:10]} in train/val; fix: {fix}")
+        raise DataError(f"splits file {path} puts official test case(s) {leaked[:10]} in train/val", fix=fix)
     unused = len(by_id) - len(ids)
     if unused:
         warnings.warn(f"{unused} case(s) of the dataset are not in {path} and are left out", UserWarning, 3)
@@ -182,6 +185,19 @@ def resolve_splits(
     return result
 
 
+_FOLD_SEED_MAX = 2**32 - 1  # the seed range of NumPy's RandomState, which partition_dataset shuffles with
+
+
+def _deal_folds(cases: list[Case], folds: int, seed: int) -> list[list[Case]]:
+    """``cases`` (sorted by id) shuffled with ``seed`` and dealt round-robin into ``folds`` parts, each sorted by id.
+
+    MONAI's ``partition_dataset`` (``np.random.RandomState(seed).shuffle``, then every ``folds``-th case): the
+    parts partition ``cases`` and their sizes differ by at most one.
+    """
+    parts = partition_dataset(cases, num_partitions=folds, shuffle=True, seed=int(seed), even_divisible=False)
+    return [sorted(part, key=lambda c: c.case_id) for part in parts]
+
+
 def cross_validation_splits(
     cases_by_split: dict[str, list[Case]],
     *,
@@ -192,18 +208,22 @@ def cross_validation_splits(
 ) -> dict[str, list[Case]]:
     """k-fold cross-validation over the training cases (nnU-Net style): fold ``fold`` is validation.
 
-    The training cases (``"train"`` or ``"all"``) are sorted by id, permuted with ``seed`` and dealt into
-    ``folds`` parts; an official ``"test"`` split stays the test split (empty otherwise). The result, with the
-    fold layout, is written to ``path`` atomically and reused verbatim when that file exists.
+    The training cases (``"train"`` or ``"all"``) are sorted by id, shuffled with ``seed`` and dealt into
+    ``folds`` parts by MONAI's ``partition_dataset`` (see :func:`_deal_folds`); an official ``"test"`` split stays
+    the test split (empty otherwise). The result, with the fold layout, is written to ``path`` atomically and
+    reused verbatim when that file exists.
 
     Raises:
-        ConfigError: ``folds < 2`` or ``fold`` outside ``0..folds-1``.
+        ConfigError: ``folds < 2``, ``fold`` outside ``0..folds-1`` or ``seed`` outside ``0..2**32-1``.
         DataError: fewer training cases than folds, or a ``splits.json`` of another fold or naming missing cases.
     """
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
         raise ConfigError(f"folds must be an int >= 2, got {folds!r}")
     if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < folds:
         raise ConfigError(f"fold must be an int in 0..{folds - 1} (for {folds}-fold cross-validation), got {fold!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= _FOLD_SEED_MAX:
+        raise ConfigError(f"the cross-validation seed (data.split_seed) must be an int in 0..{_FOLD_SEED_MAX}, "
+                          f"got {seed!r}")
     by_id = _check_input(cases_by_split)
     path = None if path is None else Path(path)
     if path is not None and path.exists():
@@ -223,8 +243,7 @@ def cross_validation_splits(
     train = sorted(cases_by_split.get("train", cases_by_split.get("all", [])), key=lambda c: c.case_id)
     if len(train) < folds:
         raise DataError(f"{len(train)} training case(s) cannot be dealt into {folds} folds; lower the number of folds")
-    order = np.random.default_rng(seed).permutation(len(train))
-    parts = [sorted((train[i] for i in order[k::folds]), key=lambda c: c.case_id) for k in range(folds)]
+    parts = _deal_folds(train, folds, seed)
     result = {
         "train": sorted((c for k, part in enumerate(parts) if k != fold for c in part), key=lambda c: c.case_id),
         "val": parts[fold],
@@ -261,7 +280,7 @@ def nested_subset(cases: list[Case], fraction: float, seed: int) -> list[Case]:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"the subset seed must be an int >= 0, got {seed!r}.")
     if not cases:
-        raise DataError("there are no training cases to take a subset of; fix: check the dataset root")
+        raise DataError("there are no training cases to take a subset of", fix="check the dataset root")
     ordered = sorted(cases, key=lambda c: c.case_id)
     if fraction == 1.0:
         return ordered

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .._checks import did_you_mean
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..models import TapSpec, create_model
@@ -125,10 +125,9 @@ def _select_taps(model: nn.Module, config: RunConfig, in_channels: int) -> list[
         if role not in ROLES:
             raise ConfigError(f"pdcr.layers[{name!r}] must be one of {list(ROLES)} (the role), got {role!r}.")
         if name not in defaults and name not in valid:
-            close = difflib.get_close_matches(str(name), valid, n=3, cutoff=0.5)
-            hint = f" Did you mean {close}?" if close else ""
             raise ConfigError(
-                f"pdcr.layers names {name!r}, which is not a submodule of {config.model.name}.{hint} The host's "
+                f"pdcr.layers names {name!r}, which is not a submodule of {config.model.name}."
+                f"{did_you_mean(name, valid)} The host's "
                 f"default taps are {sorted(defaults)} (all names: dragsaw.taps.list_tappable(model))."
             )
     undeclared = [n for n in config.pdcr.layers if n not in defaults]

@@ -1,4 +1,5 @@
-"""Lightning data module over the dataset adapters: official splits, seeded carving, ``splits.json``."""
+"""Lightning data module over the dataset adapters, for images and volumes: official splits, seeded carving or
+cross-validation folds, ``splits.json``, the run's plan, seeded epoch sampling shared out between processes."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ..config import RunConfig
-from ..data import SegmentationDataset, collate_eval, find_cases, nested_subset, resolve_splits, worker_init_fn
+from ..data import SegmentationDataset, collate_eval, find_cases, nested_subset, worker_init_fn
+from ..data import cross_validation_splits, resolve_splits
 from ..data.verify import verify_cases
 from ..errors import ConfigError, DataError
 from ..plan import Plan
@@ -48,8 +50,10 @@ def training_subset(splits: dict, config: RunConfig) -> dict:
 
 
 def cases_for(config: RunConfig, splits_path: Path | None, *, verify: bool = True, evaluate_only: bool = False):
-    """Find the cases of ``config.data`` (quick-checked) and complete them to train/val/test (reusing
-    ``splits_path``); with ``evaluate_only`` every case is a test case."""
+    """Find the cases of ``config.data`` (quick-checked) and complete them to train/val/test, reusing
+    ``splits_path``: a cross-validation fold when ``data.fold`` is set, else the dataset's official splits with the
+    missing ones carved by a seed; then cut to ``data.train_fraction``. With ``evaluate_only`` every case is a test
+    case."""
     dc = config.data
     if not dc.root:
         raise ConfigError(
@@ -61,9 +65,12 @@ def cases_for(config: RunConfig, splits_path: Path | None, *, verify: bool = Tru
         preflight(found, config)
     if evaluate_only:
         return all_as_test(found)
-    return training_subset(resolve_splits(
-        found, val_fraction=dc.val_fraction, test_fraction=dc.test_fraction, seed=dc.split_seed, path=splits_path
-    ), config)
+    if dc.fold is not None:
+        splits = cross_validation_splits(found, folds=dc.folds, fold=dc.fold, seed=dc.split_seed, path=splits_path)
+    else:
+        splits = resolve_splits(found, val_fraction=dc.val_fraction, test_fraction=dc.test_fraction,
+                                seed=dc.split_seed, path=splits_path)
+    return training_subset(splits, config)
 
 
 class EpochSampler(Sampler[int]):
@@ -109,67 +116,52 @@ class EpochSampler(Sampler[int]):
 
 
 class SegmentationData(L.LightningDataModule):
-    """Train/val/test loaders for a run.
+    """Train/val/test loaders of a run, for images and volumes alike.
 
-    Images are resized and normalised as the run's :class:`dragsaw.plan.Plan` says (input size, ``"fixed"``
-    mean/std or ``"zscore"``); without a ``plan`` it is computed from the training cases
-    (:meth:`dragsaw.plan.Plan.from_data`). ``config`` is never changed.
+    The data is read as the run's :class:`dragsaw.plan.Plan` says (:meth:`~dragsaw.plan.Plan.reader`: input size and
+    normalisation of images; target spacing, modalities and CT statistics of volumes). Without a ``plan`` one is
+    computed from the training cases (:meth:`dragsaw.plan.Plan.from_data`); ``config`` is never changed, so
+    ``config.yaml`` stays as the user wrote it.
 
     Args:
         config: the resolved run configuration.
         splits_path: where ``splits.json`` is written (or read, on resume).
         evaluate_only: every case is a test case (another dataset; pass the model's ``plan``).
-        image_shift: a controlled intensity shift of the evaluation images (see
-            :func:`dragsaw.data.intensity.intensity_shift`).
-        plan: the plan to read the images with (the model's, or a resumed run's ``plan.json``); ``None`` plans.
+        image_shift: a controlled intensity shift of the evaluation images (2D; see
+            :func:`dragsaw.data.transforms.intensity.intensity_shift`).
+        plan: the plan to read the data with (the model's, or a resumed run's ``plan.json``); ``None`` plans.
 
     Attributes:
-        plan: the plan used; ``in_channels``: channels of the images; ``splits``: ``{split: [Case, ...]}``.
+        plan: the plan used; ``reader``: its :class:`dragsaw.data.CaseReader`; ``in_channels``: channels of the
+        data; ``splits``: ``{split: [Case, ...]}``.
+
+    Raises:
+        ConfigError / DataError: no training cases (when training), bad settings or data.
     """
 
     def __init__(self, config: RunConfig, splits_path: Path | None, *, evaluate_only: bool = False,
                  image_shift: str | None = None, plan: Plan | None = None) -> None:
         super().__init__()
         self.config = config
+        dc = config.data
         self.splits = cases_for(config, splits_path, evaluate_only=evaluate_only)
         if not self.splits["train"] and not evaluate_only:
-            raise ConfigError(f"dataset {config.data.dataset!r} at {config.data.root!r} has no training cases.")
-        dc = config.data
+            raise ConfigError(f"dataset {dc.dataset!r} at {dc.root!r} has no training cases.")
         if plan is None:
             plan = Plan.from_data(config, self.splits["train"]) if self.splits["train"] else Plan.from_config(config)
         self.plan = plan
-        common = dict(num_classes=dc.num_classes, input_size=plan.input_size, value_map=dc.value_map,
-                      mean=plan.mean, std=plan.std, normalization=plan.normalization)
+        self.reader = plan.reader(value_map=dc.value_map, image_shift=image_shift)
         self.train_set = (
             None if evaluate_only
-            else SegmentationDataset(self.splits["train"], train=True, seed=config.train.seed,
-                                     intensity=dc.intensity_augmentation, **common)
+            else SegmentationDataset(self.splits["train"], plan.reader(value_map=dc.value_map), train=True,
+                                     seed=config.train.seed, intensity=dc.intensity_augmentation)
         )
-        self.eval_sets = {  # image_shift: a controlled intensity shift of the evaluation images (robustness)
-            name: SegmentationDataset(cases, train=False, image_shift=image_shift, **common)
+        self.eval_sets = {
+            name: SegmentationDataset(cases, self.reader, train=False)
             for name, cases in self.splits.items()
             if name in ("val", "test") and cases
         }
         self.in_channels = (self.train_set or next(iter(self.eval_sets.values()))).channels
-
-    def _loader(self, dataset, train: bool) -> DataLoader:
-        tc = self.config.train
-        generator = torch.Generator()
-        rank, world = rank_and_world(self.trainer)
-        if train:
-            sampler = EpochSampler(dataset, tc.seed, generator, self._samples_per_epoch(), rank, world)
-        else:  # every rank its share of the cases, none twice (see distributed.gather_cases)
-            sampler = ShardSampler(len(dataset), rank, world) if world > 1 else None
-        return DataLoader(
-            dataset,
-            batch_size=tc.batch_size,
-            sampler=sampler,
-            drop_last=train and len(sampler) >= tc.batch_size,
-            num_workers=tc.num_workers,
-            collate_fn=None if train else collate_eval,
-            generator=generator if train else None,
-            worker_init_fn=worker_init_fn if tc.num_workers > 0 else None,
-        )
 
     def _samples_per_epoch(self) -> int:
         iterations = self.config.train.iterations_per_epoch
@@ -187,13 +179,27 @@ class SegmentationData(L.LightningDataModule):
         return per_rank_steps(self._samples_per_epoch(), self.config.train.batch_size, world)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, train=True)
+        tc = self.config.train
+        generator = torch.Generator()
+        rank, world = rank_and_world(self.trainer)
+        sampler = EpochSampler(self.train_set, tc.seed, generator, self._samples_per_epoch(), rank, world)
+        return DataLoader(self.train_set, batch_size=tc.batch_size, sampler=sampler,
+                          drop_last=len(sampler) >= tc.batch_size, num_workers=tc.num_workers, generator=generator,
+                          worker_init_fn=worker_init_fn if tc.num_workers > 0 else None)
 
     def val_dataloader(self) -> DataLoader | list:
-        return self._loader(self.eval_sets["val"], train=False) if "val" in self.eval_sets else []
+        return self.eval_loader("val") if "val" in self.eval_sets else []
 
     def eval_loader(self, split: str) -> DataLoader:
-        """Loader of one evaluation split ("val" or "test")."""
+        """Loader of one evaluation split ("val" or "test"): whole cases, ``train.batch_size`` at a time when they
+        share one shape (images), else one at a time (volumes); with several processes each rank gets its share of
+        the cases, none twice (see :func:`dragsaw.engine.distributed.gather_cases`)."""
         if split not in self.eval_sets:
             raise ConfigError(f"the run's data has no {split!r} split (it has {sorted(self.eval_sets)}).")
-        return self._loader(self.eval_sets[split], train=False)
+        tc = self.config.train
+        dataset = self.eval_sets[split]
+        rank, world = rank_and_world(self.trainer)
+        sampler = ShardSampler(len(dataset), rank, world) if world > 1 else None
+        return DataLoader(dataset, batch_size=tc.batch_size if self.reader.stackable else 1, sampler=sampler,
+                          num_workers=tc.num_workers, collate_fn=collate_eval,
+                          worker_init_fn=worker_init_fn if tc.num_workers > 0 else None)

@@ -54,7 +54,8 @@ def require_data_roots(config: RunConfig, run_dir: str | Path) -> None:
         if value and not Path(value).is_dir():
             raise DataError(
                 f"the data of run {run_dir} is not at data.{key}={value} (no such folder: it was moved, renamed, or "
-                f"the run comes from another machine); fix: {moved_data_hint(run_dir).replace('data.root', f'data.{key}')}"
+                "the run comes from another machine)",
+                fix=moved_data_hint(run_dir).replace("data.root", f"data.{key}"),
             )
 
 
@@ -155,14 +156,17 @@ def check_data(run_dir: str | Path, splits: dict, config: RunConfig) -> bool:
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise DataError(f"{path}, the record of the data run {run_dir} was trained on, cannot be read ({exc}); fix: "
-                        "restore it from a backup, or delete it to skip the check (at your own risk)") from exc
+        raise DataError(
+            f"{path}, the record of the data run {run_dir} was trained on, cannot be read ({exc})",
+            fix="restore it from a backup, or delete it to skip the check (at your own risk)",
+        ) from exc
     found = _differences(record, splits, config)
     if found:
         more = f" (and {len(found) - 5} more differences)" if len(found) > 5 else ""
         raise DataError(
             f"the data at data.root={config.data.root} is not the data run {run_dir} was trained on (recorded in "
-            f"{path}, from {record.get('root')}): {'; '.join(found[:5])}{more}; fix: {moved_data_hint(run_dir)}"
+            f"{path}, from {record.get('root')}): {'; '.join(found[:5])}{more}",
+            fix=moved_data_hint(run_dir),
         )
     return True
 

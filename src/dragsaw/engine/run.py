@@ -29,9 +29,7 @@ from ..metrics import summarize
 from ..plan import PLAN_FILE, Plan
 from ..report import plot_learning_curves, plot_overlays
 from .callbacks import AtomicCheckpointIO, BestCheckpoint, StepStats, peak_memory_mb, read_best_record
-from .data3d import VolumeData
 from .datamodule import SegmentationData, cases_for
-from .data3d import volume_cases
 from .distributed import SharedRunDir, launched_rank
 from .guard import RunGuard, RunLock, nearest_existing, slurm_requeue
 from .fingerprint import DATA_RECORD, absolute_paths, check_data, moved_data_hint, record_data, require_data_roots
@@ -107,7 +105,7 @@ def _write_splits(config: RunConfig, data, path: Path) -> None:
     Raises:
         DataError: the dataset changed between the two reads.
     """
-    again = (volume_cases if config.model.spatial_dims == 3 else cases_for)(config, path, verify=False)
+    again = cases_for(config, path, verify=False)
     ids = {k: [c.case_id for c in v] for k, v in again.items()}
     if ids != {k: [c.case_id for c in v] for k, v in data.splits.items()}:
         raise DataError(f"the dataset at {config.data.root} changed while the run was being set up (its cases differ "
@@ -120,10 +118,9 @@ def _device(trainer: L.Trainer) -> torch.device:
 
 def _data_module(config: RunConfig, splits_path: Path | None, evaluate_only: bool = False,
                  image_shift: str | None = None, plan: Plan | None = None):
-    """The 2D or 3D data module of a configuration (``image_shift``: of the evaluation images), reading the data
-    with ``plan`` (the model's or the run's), else with a plan computed from the training cases."""
-    cls = VolumeData if config.model.spatial_dims == 3 else SegmentationData
-    return cls(config, splits_path, evaluate_only=evaluate_only, image_shift=image_shift, plan=plan)
+    """The data module of a configuration (``image_shift``: of the evaluation images), reading the data with
+    ``plan`` (the model's or the run's), else with a plan computed from the training cases."""
+    return SegmentationData(config, splits_path, evaluate_only=evaluate_only, image_shift=image_shift, plan=plan)
 
 
 def _run_data(config: RunConfig, run_dir: Path, existing: bool, image_shift: str | None = None,
@@ -543,7 +540,7 @@ def evaluate_run(run_or_ckpt: str | Path, config: RunConfig | None = None, *, ou
     ``"bf16-mixed"``, ``"16-mixed"``); ``tta`` / ``sw_batch_size`` None take the run's ``train.mirror`` /
     ``train.sw_batch_size``. ``progress`` shows a bar per split on stderr. Metrics are computed in float32.
     ``shift`` (2D) applies a controlled intensity shift to every evaluated image as it is read (e.g. ``"gamma-0.5"``,
-    see :func:`dragsaw.data.intensity.intensity_shift`); ``metrics.json`` records it.
+    see :func:`dragsaw.data.transforms.intensity.intensity_shift`); ``metrics.json`` records it.
 
     The data (the run's own or another dataset's) is read with the model's plan from the checkpoint
     (``task.plan``: input size, normalisation, target spacing, modalities, CT statistics; see :mod:`dragsaw.plan`),

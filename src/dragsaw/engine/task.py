@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 
 import lightning as L
 import numpy as np
@@ -13,15 +14,15 @@ from monai.losses import DiceLoss
 
 from ..config import RunConfig, config_from_dict, config_to_dict
 from ..errors import DragsawError
-from ..inference import InferenceSettings, infer
-from ..metrics import case_metrics, resize_logits_to, summarize
+from ..inference import InferenceSettings, infer, native_prediction
+from ..metrics import case_metrics, summarize
 from ..plan import Plan
 from ..taps import FeatureTaps
 from ..uafs import UncertaintySelect, at_least_float32, uafs_aux_loss
 from .build import build_network
 from .distributed import gather_cases
 
-__all__ = ["SegmentationTask", "NonFiniteLossError", "ramp_factor", "warmup_cosine"]
+__all__ = ["SegmentationTask", "NonFiniteLossError", "ramp_factor", "warmup_cosine_schedule"]
 
 
 _FIX_SAVED = ("the checkpoint is damaged or from an incompatible dragsaw; use the run's other checkpoint, restore it "
@@ -60,17 +61,45 @@ def ramp_factor(step: int, ramp_steps: float) -> float:
     return min(1.0, step / ramp_steps)
 
 
-def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """LR multiplier: linear warm-up from 0 over ``warmup`` steps, then cosine down to ``min_ratio`` at ``total``.
+def warmup_cosine_schedule(
+    optimizer: torch.optim.Optimizer, warmup: int, total: int, min_lr: float
+) -> torch.optim.lr_scheduler.SequentialLR:
+    """Linear warm-up over ``warmup`` steps, then a half cosine down to ``min_lr`` at step ``total``, then ``min_lr``.
 
-    The schedule is applied after each step, so step 0 runs at the base rate (as the paper's code does).
+    PyTorch's schedulers in a ``SequentialLR``: step 0 runs at the base rate (as the paper's code does; a
+    ``ConstantLR``), steps ``1..warmup-1`` at ``step / warmup`` of it (a ``LinearLR``), steps ``warmup..total`` on a
+    ``CosineAnnealingLR`` from the base rate to ``min_lr`` over ``max(1, total - warmup)`` steps, later steps stay at
+    ``min_lr`` (a ``MultiplicativeLR`` by 1: ``CosineAnnealingLR`` alone would rise again). The cosine is PyTorch's
+    recursive form, equal to the closed form ``min_lr + (lr - min_lr) (1 + cos(pi t / T)) / 2`` to ~1e-15 relative.
+    (MONAI's ``WarmupCosineSchedule`` cannot express this: it decays to 0 and clips at ``end_lr`` instead of
+    scaling the cosine to ``min_lr``, rises again after ``t_total`` and starts warm-up at 0.)
     """
-    if step == 0:
-        return 1.0
-    if warmup > 0 and step < warmup:
-        return step / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    phases, milestones = [], []
+    if warmup >= 1:
+        phases.append(torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=1))
+        milestones.append(1)
+    if warmup >= 2:
+        phases.append(torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / warmup, total_iters=warmup - 1))
+        milestones.append(warmup)
+    cosine = max(1, total - warmup)
+    phases.append(torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cosine, eta_min=min_lr))
+    milestones.append(warmup + cosine + 1)  # after the cosine's last step, which lands exactly on min_lr
+    phases.append(torch.optim.lr_scheduler.MultiplicativeLR(optimizer, lambda _: 1.0))
+    return _WarmupCosine(optimizer, phases, milestones)
+
+
+class _WarmupCosine(torch.optim.lr_scheduler.SequentialLR):
+    """The schedule's ``SequentialLR``, which also resumes a checkpoint of dragsaw <= 0.1's ``LambdaLR`` form of the
+    same schedule (no ``_schedulers`` in its state): it replays that state's ``last_epoch`` steps."""
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if "_schedulers" in state_dict:
+            super().load_state_dict(state_dict)
+            return
+        with warnings.catch_warnings():  # stepping without optimizer steps is intended here
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(int(state_dict.get("last_epoch", 0))):
+                self.step()
 
 
 def main_logits(output) -> torch.Tensor:
@@ -260,23 +289,15 @@ class SegmentationTask(L.LightningModule):
         self._val_cases = []
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        """2D: per case at the native mask size. 3D: sliding window, compared in the preprocessed space (the final
-        evaluation maps predictions back to the input grid)."""
+        """Every case scored in its native geometry, as the final evaluation scores it (images: logits resized to
+        the mask's size; volumes: sliding-window prediction mapped back to the file's grid), without HD95."""
         K = self.config.data.num_classes
-        if self.config.model.spatial_dims == 3:
-            logits, _ = infer(self.model, batch["image"], InferenceSettings.from_config(self.config, plan=self.plan))
-            if self._taps is not None:
-                self._taps.pop()
-            for i in range(logits.shape[0]):
-                self._val_cases.append((batch["case_id"][i], case_metrics(
-                    logits[i].argmax(0).cpu(), batch["label"][i].cpu(), K, include_hd95=False)))
-            return
-        logits = self(batch["image"])
+        logits, _ = infer(self.model, batch["image"], InferenceSettings.from_config(self.config, plan=self.plan))
         if self._taps is not None:
             self._taps.pop()
         for i, native in enumerate(batch["label_native"]):
-            pred = resize_logits_to(logits[i : i + 1].float(), tuple(native.shape)).argmax(1)[0]
-            self._val_cases.append((batch["case_id"][i], case_metrics(pred.cpu(), native.cpu(), K, include_hd95=False)))
+            pred = native_prediction(logits[i : i + 1], batch["meta"][i], self.config.model.spatial_dims)
+            self._val_cases.append((batch["case_id"][i], case_metrics(pred, native.cpu(), K, include_hd95=False)))
 
     def _validation_order(self) -> dict[str, int]:
         """Case id -> position in the validation set (the order a single process validates in)."""
@@ -326,8 +347,5 @@ class SegmentationTask(L.LightningModule):
         per_epoch = max(1, int(self.hparams.steps_per_epoch))
         total = tc.max_steps if tc.max_steps else tc.epochs * per_epoch
         warmup = int(round(tc.warmup_epochs * per_epoch))
-        ratio = tc.min_lr / tc.lr if tc.lr > 0 else 0.0
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, warmup, total, ratio)
-        )
+        schedule = warmup_cosine_schedule(optimizer, warmup, total, tc.min_lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

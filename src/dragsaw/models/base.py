@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, DataError
-from ._checks import check_int, check_spatial_dims
+from .._checks import SUPPORTED_DIMS, check_int, check_spatial_dims
 
 __all__ = ["HostNetwork", "TapSpec"]
 
@@ -70,7 +70,7 @@ class HostNetwork(nn.Module, abc.ABC):
 
     def __init__(self, spatial_dims: int, in_channels: int, num_classes: int) -> None:
         super().__init__()
-        self.spatial_dims = check_spatial_dims(spatial_dims)
+        self.spatial_dims = check_spatial_dims(spatial_dims, SUPPORTED_DIMS)
         self.in_channels = check_int("in_channels", in_channels, minimum=1)
         self.num_classes = check_int("num_classes", num_classes, minimum=1)
 

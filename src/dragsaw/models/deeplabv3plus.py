@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import ConfigError, DataError
-from ._checks import check_choice, check_float, check_int, check_int_tuple
+from .._checks import check_choice, check_float, check_int, check_int_tuple
 from .base import HostNetwork, TapSpec
 from .layers import Concat, ConvNormAct, conv, init_he, resize, scaled
 from .registry import register_model

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ._checks import check_choice, check_float, check_int, check_int_tuple
+from .._checks import check_choice, check_float, check_int, check_int_tuple
 from .base import HostNetwork, TapSpec
 from .layers import NORMS, conv, conv_transpose, crop_to, init_he, make_norm
 from .registry import register_model

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_choice, check_spatial_dims
+from .._checks import SUPPORTED_DIMS, check_choice, check_spatial_dims
 from ..uafs import PointwiseConv
 
 __all__ = [
@@ -71,7 +71,7 @@ def conv(
     """
     kernel = _tuple(kernel_size, spatial_dims)
     padding = tuple(dilation * (k - 1) // 2 for k in kernel)
-    return _CONV[check_spatial_dims(spatial_dims)](
+    return _CONV[check_spatial_dims(spatial_dims, SUPPORTED_DIMS)](
         in_channels, out_channels, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups, bias=bias
     )
 
@@ -80,19 +80,20 @@ def conv_transpose(
     spatial_dims: int, in_channels: int, out_channels: int, stride: int | Sequence[int], *, bias: bool = False
 ) -> nn.Module:
     """Transposed convolution with kernel = stride: maps ``S`` locations to exactly ``S * stride``."""
-    return _CONV_T[check_spatial_dims(spatial_dims)](
+    return _CONV_T[check_spatial_dims(spatial_dims, SUPPORTED_DIMS)](
         in_channels, out_channels, kernel_size=stride, stride=stride, bias=bias
     )
 
 
 def max_pool(spatial_dims: int, kernel_size: int, stride: int, padding: int = 0, ceil_mode: bool = False) -> nn.Module:
     """Max pooling of the right dimensionality."""
-    return _MAX_POOL[check_spatial_dims(spatial_dims)](kernel_size, stride, padding=padding, ceil_mode=ceil_mode)
+    pool = _MAX_POOL[check_spatial_dims(spatial_dims, SUPPORTED_DIMS)]
+    return pool(kernel_size, stride, padding=padding, ceil_mode=ceil_mode)
 
 
 def make_norm(kind: str, spatial_dims: int, channels: int) -> nn.Module:
     """``"batch"`` or ``"instance"`` normalisation (instance norm with learnable affine, as in nnU-Net)."""
-    cls = _NORM[check_choice("norm", kind, NORMS)][check_spatial_dims(spatial_dims)]
+    cls = _NORM[check_choice("norm", kind, NORMS)][check_spatial_dims(spatial_dims, SUPPORTED_DIMS)]
     return cls(channels, affine=True) if kind == "instance" else cls(channels)
 
 

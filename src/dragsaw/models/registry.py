@@ -12,8 +12,8 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from .._checks import did_you_mean
 from ..errors import ConfigError
-from ._checks import did_you_mean
 from .base import HostNetwork
 
 __all__ = ["available_models", "create_model", "plan_topology", "register_model"]

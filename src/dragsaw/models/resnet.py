@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._checks import check_choice
+from .._checks import check_choice
 from .layers import ConvNormAct, conv, make_norm, max_pool, scaled
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "RESNET_DEPTHS"]

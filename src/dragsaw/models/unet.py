@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ._checks import check_choice, check_int_tuple
+from .._checks import check_choice, check_int_tuple
 from .base import HostNetwork, TapSpec
 from .layers import NORMS, ConvNormAct, conv, conv_transpose, crop_to, init_he, max_pool
 from .registry import register_model

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ._checks import check_choice
+from .._checks import check_choice
 
 __all__ = ["LAYOUTS", "load_backbone_weights", "read_state_dict", "remap_state_dict"]
 

@@ -24,7 +24,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from ._checks import check_int
+from .._checks import check_int
 from .layers import ConvNormAct, conv, make_norm, scaled
 
 __all__ = ["AlignedXception", "SeparableConv", "SepConvUnit", "XceptionBlock"]
