@@ -53,9 +53,9 @@ def test_overrides_take_precedence_and_parse_yaml():
 @pytest.mark.parametrize(
     "call,match",
     [
-        (lambda: load_preset("isic2061"), r"unknown preset 'isic2061'. Did you mean .*'isic2016'.*Available presets"),
+        (lambda: load_preset("isci2016"), r"unknown preset 'isci2016'. Did you mean 'isic2016'\?.*Available presets"),
         (lambda: load_preset("isic2016", "gpu"), "has no profile 'gpu'"),
-        (lambda: apply_overrides(load_preset("folder"), ["train.epoch=3"]), r"train.'epoch'.*Did you mean \['epochs'\]"),
+        (lambda: apply_overrides(load_preset("folder"), ["train.epoch=3"]), r"train.'epoch'. Did you mean 'epochs'\?"),
         (lambda: apply_overrides(load_preset("folder"), ["epochs"]), "must look like section.key=value"),
         (lambda: load_preset("/nonexistent/x.yaml"), "does not exist"),
     ],
@@ -92,6 +92,15 @@ def test_uafs_options_defaults_and_valid_values():
     assert apply_overrides(config, ["data.num_classes=3", "uafs.enabled=false", "uafs.aux_weight=0.1"]).uafs.enabled is False
 
 
+def test_overrides_follow_omegaconf_conversions_and_paths():
+    """OmegaConf converts unambiguous text and numbers to the key's type, and a list's entries have paths."""
+    config = apply_overrides(load_preset("folder"), ["train.precision=32", "name=5", "train.lr=1e-3", "train.epochs='7'",
+                                                     "data.input_size.0=256", "model.options={channels: [4, 8]}"])
+    assert (config.train.precision, config.name, config.train.lr, config.train.epochs) == ("32", "5", 1e-3, 7)
+    assert config.data.input_size == [256, 512] and config.model.options == {"channels": [4, 8]}  # replaced whole
+    assert apply_overrides(config, ["model.options.depth=3"]).model.options == {"channels": [4, 8], "depth": 3}
+
+
 def test_pdcr_ramp_and_embedding_defaults_are_the_papers_form():
     config = load_preset("folder")
     assert config.pdcr.ramp_epochs == 0.0 and config.pdcr.embedding == "feature"
@@ -106,7 +115,7 @@ def test_pdcr_ramp_and_embedding_defaults_are_the_papers_form():
         ("data=[1, 2]", r"data must be a mapping of its keys"),
         ("pdcr.temperature=0", r"pdcr.temperature must be a finite number > 0, got 0"),
         ("train.precision=banana", r"train.precision must be one of \['32-true', '32', '16-mixed'"),
-        ("train.precision=32", r"train.precision must be one of .*quote numbers"),
+        ("train.precision=33", r"train.precision must be one of .*got '33' \(a str\)"),  # 33 read as text
         ("train.accelerator=tpu", r"train.accelerator must be one of \['auto', 'cpu', 'gpu', 'cuda', 'mps'\]"),
         ("pdcr.sampling=everywhere", r"pdcr.sampling must be one of \['grid', 'random'\]"),
         ("pdcr.orientation=up", r"pdcr.orientation must be one of \['intended', 'reference-2d'\]"),
@@ -126,12 +135,15 @@ def test_pdcr_ramp_and_embedding_defaults_are_the_papers_form():
         ("data.class_names=[lesion]", r"data.class_names must hold one entry per class"),
         ("data.fold=5", r"data.fold must be in 0..4 for data.folds=5"),
         ("data.regions={wt: [7]}", r"data.regions\['wt'\] must be a non-empty list of class indices in 0..1"),
-        ("data.input_size.0=3", r"data.input_size holds \[512, 512\] \(a list\), not a mapping of keys"),
+        ("data.input_size.x=3", r"data.input_size holds \[512, 512\] \(a list\), which has no entry 'x'"),
+        ("data.input_size.2=3", r"data.input_size holds \[512, 512\] \(a list\), which has no entry '2'"),
+        ("data.value_map={1: x}", r"data.value_map must be of type .* where data.value_map.1 is 'x' \(a str\)"),
         ("data.value_map={1: x}", r"data.value_map must be of type dict\[int, int\] \| null"),
         ("model.options={dropout: .nan}", r"model.options.dropout must be a finite number"),
         ("model.spatial_dims=4", r"model.spatial_dims must be a finite number in \[2, 3\]"),
         ("uafs.hidden=100000", r"uafs.hidden must be a finite number in \[1, 4096\]"),
-        ("name=5", r"name must be a non-empty str"),
+        ("name=''", r"name must be a non-empty str"),
+        ("name=[5]", r"name must be of type str, got \[5\] \(a list\)"),
         ("pdcr.ramp_epochs=-1", r"pdcr.ramp_epochs must be a finite number >= 0 .*got -1"),
         ("pdcr.ramp_epochs=.nan", r"pdcr.ramp_epochs must be a finite number >= 0 .*got nan"),
         ("pdcr.ramp_epochs=two", r"pdcr.ramp_epochs must be of type .*float.*got 'two'"),
@@ -172,3 +184,14 @@ def test_config_yaml_of_the_wrong_shape_or_encoding_is_a_config_error(tmp_path):
     (tmp_path / "p.yaml").write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(ConfigError, match=r"cannot read preset file"):
         load_preset(str(tmp_path / "p.yaml"))
+
+
+def test_omegaconf_missing_marker_is_refused_not_ignored():
+    config = load_preset("folder", "cpu")
+    with pytest.raises(ConfigError, match=r"override 'train.lr=\?\?\?': '\?\?\?' is not a value; give the value of "
+                                          r"train.lr\."):
+        apply_overrides(config, ["train.lr=???"])
+    raw = config_to_dict(config)
+    raw["train"]["lr"] = "???"
+    with pytest.raises(ConfigError, match=r"train.lr hold '\?\?\?', which is not a value"):
+        config_from_dict(raw)

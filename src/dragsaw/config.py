@@ -7,7 +7,7 @@ Modules never see these objects; the engine turns them into explicit constructor
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import functools
 import math
 import re
 import types
@@ -18,8 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, KeyValidationError, OmegaConfBaseException,
+                              ValidationError)
 
-from ._checks import is_int
+from ._checks import did_you_mean, is_int
 from .errors import ConfigError
 
 __all__ = [
@@ -159,12 +162,12 @@ class RunConfig:
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "pdcr": PDCRConfig, "uafs": UAFSConfig, "train": TrainConfig}
+_FREE_FORM = (("model", "options"), ("data", "value_map"))  # mappings a profile replaces whole instead of merging
 
 
 def _unknown(key: str, valid, where: str) -> ConfigError:
-    close = difflib.get_close_matches(key, list(valid), n=3)
-    hint = f" Did you mean {close}?" if close else ""
-    return ConfigError(f"unknown config key {where}{key!r}.{hint} Valid keys: {sorted(valid)}.")
+    return ConfigError(f"unknown config key {where}{key!r}.{did_you_mean(key, map(str, valid))} Valid keys: "
+                       f"{sorted(valid)}.")
 
 
 def _kind(value: Any) -> str:
@@ -172,6 +175,86 @@ def _kind(value: Any) -> str:
     text = repr(value)
     kind = {dict: "mapping", type(None): "null"}.get(type(value), type(value).__name__)
     return f"{text[:80] + '...' if len(text) > 80 else text} ({'an' if kind[0] in 'aeiou' else 'a'} {kind})"
+
+
+def _type_name(hint: Any) -> str:
+    """``list[int] | null`` rather than ``typing.Optional[list[int]]`` or ``<class 'float'>``."""
+    return hint.__name__ if isinstance(hint, type) and not typing.get_args(hint) else str(hint).replace("None", "null")
+
+
+def _schema(cls: type) -> type:
+    """``cls`` as an OmegaConf structured-config schema: the same fields and defaults, ``Any`` for the unions of
+    several types (``train.devices``, ``train.limit_val_batches``, ``pdcr.patch_sizes``) that OmegaConf 2.3 cannot
+    type; their own checks (:func:`_check_devices`, :func:`_check_relations`, ``_RANGES``) cover them."""
+    hints = typing.get_type_hints(cls)
+
+    def entry(f: dataclasses.Field) -> tuple:
+        if cls is RunConfig and f.name in _SECTIONS:
+            section = _schema(_SECTIONS[f.name])
+            return f.name, section, field(default_factory=section)
+        union = typing.get_origin(hints[f.name]) in (typing.Union, types.UnionType)
+        several = union and len([a for a in typing.get_args(hints[f.name]) if a is not type(None)]) > 1
+        return f.name, Any if several else hints[f.name], field(default=f.default, default_factory=f.default_factory)
+
+    return dataclasses.make_dataclass(cls.__name__, [entry(f) for f in dataclasses.fields(cls)])
+
+
+@functools.cache
+def _typed_defaults() -> DictConfig:
+    return OmegaConf.structured(_schema(RunConfig))
+
+
+def _lookup(raw: Any, path: list[str]) -> Any:
+    for part in path:
+        raw = raw.get(part) if isinstance(raw, dict) else None
+    return raw
+
+
+_ERRORS = (OmegaConfBaseException, OverflowError, TypeError)  # the last two name no key: a huge int for a float,
+# a mapping merged into a list
+
+
+def _culprit(raw: dict) -> str:
+    """The first ``section.key`` (or top-level key) of ``raw`` that OmegaConf refuses on its own."""
+    for top, value in raw.items():
+        for name, item in value.items() if top in _SECTIONS and isinstance(value, dict) else [(None, value)]:
+            try:
+                OmegaConf.merge(_typed_defaults(), {top: value if name is None else {name: item}})
+            except _ERRORS:
+                return str(top) if name is None else f"{top}.{name}"
+    return ""
+
+
+def _omegaconf_error(exc: Exception, raw: dict, where: str) -> ConfigError:
+    """OmegaConf's error about ``raw`` as dragsaw's message: the key (with a suggestion when unknown), the value
+    and the expected type."""
+    full = str(getattr(exc, "full_key", None) or _culprit(raw))
+    path = [p for p in re.split(r"[.\[\]]", full) if p][:2]
+    section = _SECTIONS.get(path[0]) if path else None
+    if isinstance(exc, (ConfigKeyError, ConfigAttributeError)) and exc.key is not None:
+        in_section = section is not None and len(path) == 2
+        valid = [f.name for f in dataclasses.fields(section if in_section else RunConfig)]
+        return _unknown(str(exc.key), valid, f"{where}{path[0]}." if in_section else where)
+    hint = typing.get_type_hints(section or RunConfig).get(path[-1]) if len(path) == 1 + bool(section) else None
+    key, value, fix = ".".join(path), _lookup(raw, path), "; fix the preset, config.yaml or the --set value."
+    if isinstance(exc, OverflowError) and hint is not None:
+        return ConfigError(f"{where}{key} must be a finite number of magnitude <= 1e30, got {_kind(value)}{fix}")
+    if isinstance(exc, (ValidationError, KeyValidationError, TypeError)) and hint is not None:
+        inner = "" if full == key or isinstance(exc, KeyValidationError) else \
+            f", where {full} is {_kind(getattr(exc, 'value', None))}"
+        return ConfigError(f"{where}{key} must be of type {_type_name(hint)}, got {_kind(value)}{inner}{fix}")
+    return ConfigError(f"{where}{full or 'the configuration'}: {str(getattr(exc, 'msg', None) or exc).splitlines()[0]}"
+                       f"{fix}")
+
+
+def _typed(raw: dict, where: str) -> RunConfig:
+    """``raw`` merged over the typed defaults by OmegaConf, which refuses unknown keys and values of the wrong type
+    (converting numbers to ``float``, and values written as text where that is unambiguous: ``'5'`` to 5)."""
+    try:
+        data = OmegaConf.to_container(OmegaConf.merge(_typed_defaults(), raw), resolve=True, throw_on_missing=True)
+    except _ERRORS as exc:
+        raise _omegaconf_error(exc, raw, where) from exc
+    return RunConfig(**{k: _SECTIONS[k](**v) if k in _SECTIONS else v for k, v in data.items()})
 
 
 def config_from_dict(raw: dict, where: str = "") -> RunConfig:
@@ -184,68 +267,21 @@ def config_from_dict(raw: dict, where: str = "") -> RunConfig:
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{where}the configuration must be a mapping of sections (data:, model:, pdcr:, uafs:, "
                           f"train:), got {_kind(raw)}; fix the file or the value.")
-    raw = dict(raw or {})
-    raw.pop("profiles", None)
-    top = {f.name for f in dataclasses.fields(RunConfig)}
-    kwargs: dict[str, Any] = {}
+    raw = {k: v for k, v in (raw or {}).items() if k != "profiles" and not (k in _SECTIONS and v is None)}
     for key, value in raw.items():
-        if key not in top:
-            raise _unknown(str(key), top, where)
-        if key in _SECTIONS:
-            cls = _SECTIONS[key]
-            names = {f.name for f in dataclasses.fields(cls)}
-            if value is not None and not isinstance(value, dict):
-                raise ConfigError(f"{where}{key} must be a mapping of its keys (e.g. {key}: {{{sorted(names)[0]}: "
-                                  f"...}}), got {_kind(value)}; valid keys: {sorted(names)}.")
-            for sub in value or {}:
-                if sub not in names:
-                    raise _unknown(str(sub), names, f"{where}{key}.")
-            kwargs[key] = cls(**(value or {}))
-        else:
-            kwargs[key] = value
-    config = RunConfig(**kwargs)
-    check_config(config, where)
+        if key in _SECTIONS and not isinstance(value, dict):
+            names = sorted(f.name for f in dataclasses.fields(_SECTIONS[key]))
+            raise ConfigError(f"{where}{key} must be a mapping of its keys (e.g. {key}: {{{names[0]}: ...}}), got "
+                              f"{_kind(value)}; valid keys: {names}.")
+    missing = [f"{s}.{k}" for s, v in raw.items() if isinstance(v, dict) for k, x in v.items() if x == "???"]
+    if missing:  # OmegaConf's "missing" marker would silently keep the defaults
+        raise ConfigError(f"{where}{', '.join(missing)} hold '???', which is not a value; give their values.")
+    config = _typed(raw, where)
+    _check_values(config, where)
     return config
 
 
-def _matches(value: Any, hint: Any) -> bool:
-    """Whether a YAML value fits a field annotation (bool is not a number; an int is a float)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, a) for a in args)
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return is_int(value)
-    if origin is list:
-        return isinstance(value, list) and all(_matches(v, args[0]) for v in value) if args else isinstance(value, list)
-    if origin is dict:
-        return isinstance(value, dict) and (not args or all(_matches(k, args[0]) and _matches(v, args[1])
-                                                            for k, v in value.items()))
-    if hint is dict:
-        return isinstance(value, dict)
-    return isinstance(value, hint)
-
-
-def _type_name(hint: Any) -> str:
-    """``list[int] | None`` rather than ``typing.Optional[list[int]]`` or ``<class 'float'>``."""
-    if isinstance(hint, type) and not typing.get_args(hint):
-        return "null" if hint is type(None) else hint.__name__
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in args)
-    if hint is Any:
-        return "any value"
-    if origin is not None:
-        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
-    return str(hint)
-
-
-NORMALIZATIONS = ("fixed", "zscore")  # as dragsaw.data.intensity.NORMALIZATIONS (config does not import torch)
+NORMALIZATIONS = ("fixed", "zscore")  # as dragsaw.data.transforms.intensity.NORMALIZATIONS (config does not import torch)
 PDCR_EMBEDDINGS = ("feature", "mlp")  # as dragsaw.pdcr.module.EMBEDDINGS (config does not import torch)
 PDCR_SAMPLINGS = ("grid", "random")  # as dragsaw.pdcr.sampling.SAMPLERS
 PDCR_ORIENTATIONS = ("intended", "reference-2d")  # as dragsaw.pdcr.loss.ORIENTATIONS
@@ -485,17 +521,12 @@ def check_config(config: RunConfig, where: str = "") -> None:
     Raises:
         ConfigError: the first bad value (``section.key``, the value, the expected type or range).
     """
-    for section, cls in _SECTIONS.items():
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            value = getattr(getattr(config, section), f.name)
-            if not _matches(value, hints[f.name]):
-                choices = _CHOICES.get(f"{section}.{f.name}")
-                if choices is not None:
-                    raise ConfigError(f"{where}{section}.{f.name} must be one of {list(choices)} (a str: quote "
-                                      f"numbers, e.g. '32'), got {_kind(value)}.")
-                raise ConfigError(f"{where}{section}.{f.name} must be of type {_type_name(hints[f.name])}, got "
-                                  f"{_kind(value)}; fix the preset, config.yaml or the --set value.")
+    _typed(config_to_dict(config), where)  # the types, as a preset or --set value gets them checked
+    _check_values(config, where)
+
+
+def _check_values(config: RunConfig, where: str) -> None:
+    """The checks beyond the types: ranges, choices and relations."""
     pc = config.pdcr
     if not (_finite(pc.ramp_epochs) and pc.ramp_epochs >= 0):
         raise ConfigError(f"{where}pdcr.ramp_epochs must be a finite number >= 0 (0 = full PDCR weight from the first "
@@ -539,14 +570,16 @@ def config_to_dict(config: RunConfig) -> dict:
     return dataclasses.asdict(config)
 
 
-def _merge(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for key, value in (update or {}).items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("options", "value_map"):
-            out[key] = _merge(out[key], value)
-        else:  # scalars, lists and free-form dicts (model options, value maps) are replaced whole
-            out[key] = value
-    return out
+def _merge(base: dict, update: dict | None, where: str) -> dict:
+    """``update`` merged over ``base`` by OmegaConf; free-form mappings (model options, value maps) are replaced whole."""
+    base, update = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}, update or {}
+    for section, key in _FREE_FORM:
+        if isinstance(base.get(section), dict) and isinstance(update.get(section), dict) and key in update[section]:
+            base[section].pop(key, None)
+    try:
+        return OmegaConf.to_container(OmegaConf.merge(base, update))
+    except _ERRORS as exc:
+        raise _omegaconf_error(exc, update, where) from exc
 
 
 def _preset_dir():
@@ -582,9 +615,8 @@ def load_preset(name: str, profile: str | None = None) -> RunConfig:
         entry = _preset_dir() / f"{name}.yaml"
         if not entry.is_file():
             names = list(available_presets())
-            close = difflib.get_close_matches(name, names, n=3)
-            hint = f" Did you mean {close}?" if close else ""
-            raise ConfigError(f"unknown preset {name!r}.{hint} Available presets: {', '.join(names)} (see `dragsaw presets`).")
+            raise ConfigError(f"unknown preset {name!r}.{did_you_mean(name, names)} Available presets: "
+                              f"{', '.join(names)} (see `dragsaw presets`).")
         text, label = entry.read_text(), name
     try:
         raw = yaml.safe_load(text) or {}
@@ -601,7 +633,7 @@ def load_preset(name: str, profile: str | None = None) -> RunConfig:
         if profile not in profiles:
             raise ConfigError(f"preset {label!r} has no profile {profile!r}; available: "
                               f"{sorted(map(str, profiles)) or 'none'}.")
-        raw = _merge(raw, profiles[profile])
+        raw = _merge(raw, profiles[profile], f"in preset {label!r}, profile {profile!r}: ")
     raw.setdefault("name", path.stem if path.suffix else name)
     return config_from_dict(raw, where=f"in preset {label!r}: ")
 
@@ -609,30 +641,33 @@ def load_preset(name: str, profile: str | None = None) -> RunConfig:
 def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
     """Apply ``section.key=value`` overrides (values parsed as YAML, e.g. ``train.epochs=5``, ``pdcr.enabled=false``).
 
+    Each is set with ``OmegaConf.update`` (``model.options.x=1`` sets one option, ``model.options={x: 1}`` replaces
+    them all, ``data.input_size.0=256`` one entry of a list), then the result is typed and checked as a preset is.
+
     Raises:
-        ConfigError: malformed override or unknown key.
+        ConfigError: malformed override, unknown key, or a value of the wrong type or range.
     """
-    raw = config_to_dict(config)
+    try:
+        merged = OmegaConf.create(config_to_dict(config))
+    except _ERRORS as exc:  # a configuration built in Python, with values OmegaConf cannot hold
+        raise _omegaconf_error(exc, config_to_dict(config), "") from exc
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.epochs=5.")
         key, _, text = item.partition("=")
+        if "=" not in item or not all(key.strip().split(".")):
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.epochs=5.")
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc}).") from exc
-        parts = key.strip().split(".")
-        node = raw
-        for depth, part in enumerate(parts[:-1]):
-            if not isinstance(node.get(part), dict):
-                if depth >= 1 and node.get(part) is None:  # free-form dicts such as model.options (or a null one)
-                    node[part] = {}
-                elif part in node:
-                    where = ".".join(parts[: depth + 1])
-                    raise ConfigError(f"override {item!r}: {where} holds {_kind(node[part])}, not a mapping of keys; "
-                                      f"set it whole, e.g. --set {where}=VALUE.")
-                else:
-                    raise _unknown(part, [k for k, v in node.items() if isinstance(v, dict)], "in override: ")
-            node = node[part]
-        node[parts[-1]] = value
-    return config_from_dict(raw, where="after --set: ")
+        if value == "???":  # OmegaConf's "missing" marker would silently keep the old value
+            raise ConfigError(f"override {item!r}: '???' is not a value; give the value of {key.strip()}.")
+        try:
+            OmegaConf.update(merged, key.strip(), value, merge=False)
+        except (OmegaConfBaseException, ValueError, LookupError) as exc:  # e.g. a key into a list
+            where, _, last = key.strip().rpartition(".")
+            if isinstance(holds := _lookup(OmegaConf.to_container(merged), where.split(".")), list):
+                raise ConfigError(f"override {item!r}: {where} holds {_kind(holds)}, which has no entry {last!r}; "
+                                  f"set it whole, e.g. --set {where}=VALUE, or an entry by index (0, 1, ...).") from exc
+            raise ConfigError(f"override {item!r}: {str(exc).splitlines()[0]}; give a number, text, true/false, null, "
+                              "a list or a mapping.") from exc
+    return config_from_dict(OmegaConf.to_container(merged), where="after --set: ")
