@@ -5,6 +5,11 @@ exit code; ``--debug`` shows the Python traceback instead. Exit codes: 0 success
 warnings only, 2 bad input (argument, path, data, configuration, output folder; also ``predict`` with some bad
 inputs), 3 an unexpected internal error (a bug: rerun with ``--debug`` and report it), 130 interrupted (SIGINT), 143
 ``train`` stopped by SIGTERM (both with ``last.ckpt`` written: continue with ``--resume``).
+
+Hosts of your own: the commands that build a model (train, evaluate, predict, benchmark) first import the hosts of
+the installed packages' ``dragsaw.models`` entry points (a warning for each that cannot be loaded), then each
+``--import MODULE`` (a module name or a ``.py`` file) in order. ``train`` records its ``--import`` modules in the
+run's ``model.imports``, which ``evaluate`` and ``predict`` import again (see docs/user-hosts.md).
 """
 
 from __future__ import annotations
@@ -18,10 +23,13 @@ from pathlib import Path
 
 from .errors import ConfigError, DragsawError, InterruptedRun
 
-__all__ = ["main", "build_parser", "check_output_dir"]
+__all__ = ["main", "build_parser", "check_output_dir", "load_user_modules"]
 
 EXIT_ERROR = 2
 EXIT_INTERNAL = 3
+
+MODEL_COMMANDS = ("train", "evaluate", "predict", "benchmark")
+"""The commands that build a model: they take ``--import`` and load the ``dragsaw.models`` entry points first."""
 
 INFERENCE_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 """``--precision`` of evaluate / predict: :data:`dragsaw.inference.PRECISIONS` (not imported here: it loads torch)."""
@@ -66,6 +74,31 @@ def _config(args) -> "RunConfig":  # noqa: F821
     return apply_overrides(config, args.set or [])
 
 
+def load_user_modules(command: str, imports: list[str]) -> None:
+    """Before a model-building ``command`` does anything else: import the hosts of the ``dragsaw.models`` entry
+    points (printing a warning paragraph for each that cannot be loaded), then the ``imports`` (``--import``) in
+    order.
+
+    Raises:
+        ConfigError: an ``--import`` module cannot be imported (naming it, why and the fix).
+    """
+    from .models.registry import ModuleImportError, import_user_module, load_entry_points
+
+    for message in load_entry_points(warn=False):
+        print(_paragraph(f"dragsaw {command}: warning: {message}"), file=sys.stderr)
+    for spec in imports:
+        try:
+            import_user_module(spec)
+        except ModuleImportError as exc:
+            raise ConfigError(f"--import {spec}: {exc.reason}; {exc.remedy}.") from exc
+
+
+def _recorded_imports(recorded: list[str], imports: list[str]) -> list[str]:
+    """``model.imports`` with the ``--import`` values appended (``.py`` paths made absolute), each once."""
+    given = [str(Path(s).expanduser().resolve()) if s.endswith(".py") else s for s in imports]
+    return list(dict.fromkeys([*recorded, *given]))
+
+
 def cmd_train(args) -> int:
     from .engine import train
 
@@ -82,6 +115,8 @@ def cmd_train(args) -> int:
             raise ConfigError("dragsaw train needs --preset NAME (see `dragsaw presets`) or --resume RUN.")
         config = _config(args)
         out = check_output_dir(Path(args.out) if args.out else Path("runs") / config.name)
+    if args.imports:  # recorded in the run: evaluate / predict import them again in a fresh process
+        config.model.imports = _recorded_imports(config.model.imports, args.imports)
     if args.deterministic:
         config.train.deterministic = True
     metrics = train(config, out, resume=bool(args.resume), progress=not args.quiet)
@@ -296,6 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--extra-root", help="second dataset folder (PH2 for the isic2016-ph2 protocol)")
         p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.epochs=5")
 
+    def import_arg(p) -> None:
+        p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                       help="import a module that registers hosts of your own (@register_model) first: a module "
+                            "name importable from sys.path (PYTHONPATH) or the path of a .py file; repeatable. train "
+                            "records it in the run (model.imports), so evaluate and predict need it no more")
+
     def inference_args(p) -> None:
         p.add_argument("--device", default="auto",
                        help="auto, cpu, cuda, cuda:N or mps (default auto: cuda if available, else mps, else cpu)")
@@ -318,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--deterministic", action="store_true",
                        help="deterministic algorithms: an interrupted and resumed run ends as an uninterrupted one")
+    import_arg(train)
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="evaluate a run (on its own data, or on another preset's data)")
@@ -328,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="2D: score under a controlled intensity shift of every image: gamma-G, contrast-F, "
                                "brightness+F / brightness-F, blur-S (e.g. gamma-0.5, contrast-0.5, brightness-0.2)")
     inference_args(evaluate)
+    import_arg(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = sub.add_parser("predict", help="predict masks, probabilities and uncertainty maps for images")
@@ -342,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--num-workers", type=int, default=0, metavar="N",
                          help="read the inputs in N worker processes ahead of the network (default 0: one at a time "
                               "in the main process)")
+    import_arg(predict)
     predict.set_defaults(func=cmd_predict)
 
     verify = sub.add_parser("verify", help="check every case of a dataset; exit 0 clean, 1 warnings (--strict), 2 errors")
@@ -366,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, help="torch intra-op threads")
     bench.add_argument("--progress", action="store_true", help="show each run's progress bar")
     bench.add_argument("--smoke", action="store_true", help="a tiny benchmark on synthetic data (checks the machinery)")
+    import_arg(bench)
     bench.set_defaults(func=cmd_benchmark)
 
     presets = sub.add_parser("presets", help="list the presets")
@@ -388,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command in MODEL_COMMANDS:
+            load_user_modules(args.command, args.imports)
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -399,10 +446,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         code, text = _describe(exc)
-        paragraph = textwrap.fill(f"dragsaw {args.command}: error: {text}", width=100, break_on_hyphens=False,
-                                  break_long_words=False)  # paths stay whole (copyable)
-        print(paragraph, file=sys.stderr)
+        print(_paragraph(f"dragsaw {args.command}: error: {text}"), file=sys.stderr)
         return code
+
+
+def _paragraph(text: str) -> str:
+    """``text`` wrapped at 100 columns, paths kept whole (copyable)."""
+    return textwrap.fill(text, width=100, break_on_hyphens=False, break_long_words=False)
 
 
 def _describe(exc: Exception) -> tuple[int, str]:

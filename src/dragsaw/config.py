@@ -63,12 +63,19 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Host network by registry name, its constructor options and an optional local weights file."""
+    """Host network by registry name, its constructor options and an optional local weights file.
+
+    ``imports``: modules imported before the host is built, in order: dotted names importable from ``sys.path``
+    (``mypkg.hosts``) or paths of ``.py`` files; importing them registers hosts of your own (``@register_model``).
+    ``dragsaw train --import MODULE`` adds to it, so that ``evaluate`` / ``predict`` rebuild the host in another
+    process. Hosts of installed packages (``dragsaw.models`` entry points) need no entry. See docs/user-hosts.md.
+    """
 
     name: str = "unet"
     spatial_dims: int = 2
     options: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None
+    imports: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -290,6 +297,9 @@ PRECISIONS = ("32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true"
 """``train.precision`` values Lightning accepts without extra packages (``Trainer(precision=...)``)."""
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 """``train.accelerator`` values (Lightning's accelerator names available without extra packages)."""
+
+_MODULE_SPEC = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+"""A dotted module name (``model.imports``), as :func:`dragsaw.models.registry.is_module_spec` takes it."""
 
 _INT_MAX = 2**31 - 1  # counts beyond this overflow C integers in PyTorch / Lightning
 _SEED_MAX = 2**32 - 1  # NumPy's seed range
@@ -538,6 +548,11 @@ def _check_values(config: RunConfig, where: str) -> None:
                           "0.25 trains on a quarter of the training cases.")
     if config.data.subset_seed is not None and config.data.subset_seed < 0:
         raise ConfigError(f"{where}data.subset_seed must be an int >= 0 or null, got {config.data.subset_seed!r}.")
+    for spec in config.model.imports:
+        if not _MODULE_SPEC.match(spec) and not (spec.endswith(".py") and spec.strip() == spec and len(spec) > 3):
+            raise ConfigError(f"{where}every entry of model.imports must be a module name (e.g. mypkg.hosts) or the "
+                              f"path of a .py file, got {_kind(spec)}; fix the preset, config.yaml or the --import "
+                              "/ --set value.")
     dims = config.model.spatial_dims
     if dims in (2, 3) and len(config.data.input_size) != dims:
         raise ConfigError(f"{where}data.input_size must hold {dims} sizes for model.spatial_dims={dims}, got "

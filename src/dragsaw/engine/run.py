@@ -1,6 +1,7 @@
 """Runs: train into one directory, evaluate a run (also on another dataset), load a trained model.
 
-A run directory holds ``config.yaml`` (resolved, as the user wrote it), ``plan.json`` (what was derived from the
+A run directory holds ``config.yaml`` (resolved, as the user wrote it; ``model.imports`` names the modules that
+register a host of your own, which ``load_task`` imports again), ``plan.json`` (what was derived from the
 training data: spacing, modalities, normalisation, network topology; see :mod:`dragsaw.plan`), ``splits.json``,
 ``checkpoints/{best,last}.ckpt`` (each holding the configuration and the plan), ``metrics.json``, ``log.csv``,
 ``tensorboard/`` and ``plots/`` (learning curves, test overlays).
@@ -9,6 +10,7 @@ training data: spacing, modalities, normalisation, network topology; see :mod:`d
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import platform
@@ -26,6 +28,7 @@ from ..config import RunConfig, apply_overrides, check_config, config_from_dict,
 from ..errors import ConfigError, DataError
 from ..inference import InferenceSettings, evaluate_loader
 from ..metrics import summarize
+from ..models.registry import ENTRY_POINT_GROUP, available_models, host_import, host_source, import_modules
 from ..plan import PLAN_FILE, Plan
 from ..report import plot_learning_curves, plot_overlays
 from .callbacks import AtomicCheckpointIO, BestCheckpoint, StepStats, peak_memory_mb, read_best_record
@@ -348,6 +351,7 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, progr
     run_dir = Path(out_dir)
     absolute_paths(config)  # the run means the same data from any working directory
     check_config(config)  # configurations built in Python get the checks of presets and --set
+    _import_hosts(config, lenient=resume)  # hosts of your own, before the data is planned for the host
     primary = launched_rank() == 0  # several processes: only rank 0 creates, locks and writes the run directory
     if primary:
         _prepare_dir(run_dir, resume)  # creates nothing
@@ -370,6 +374,103 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, progr
             task.remove_taps()
             return {}
         return _finish(config, run_dir, trainer, task, data, checkpoint, stats, old_log, eval_splits, last)
+
+
+def _import_hosts(config: RunConfig, lenient: bool = False) -> None:
+    """Import the modules of ``model.imports`` (``.py`` paths made absolute: the run means the same files from any
+    working directory), then record there the module of a host registered some other way (imported in Python), so
+    that ``evaluate`` / ``predict`` rebuild it in another process. Built-in hosts and the hosts of ``dragsaw.models``
+    entry points need no entry.
+
+    Args:
+        config: the run's configuration (``model.imports`` is updated in place).
+        lenient: a module that is not found is only a warning when the host is registered anyway (a resumed run
+            whose module moved and was given again with ``--import``).
+
+    Raises:
+        ConfigError: a module cannot be imported (under ``lenient``, a module that is not found only when the host
+            is not registered otherwise); the message names the module and the fix.
+    """
+    mc = config.model
+    mc.imports = [str(Path(s).expanduser().resolve()) if s.endswith(".py") else s for s in mc.imports]
+    failures = import_modules(mc.imports)
+    for exc in failures:
+        if not (lenient and exc.missing) or mc.name not in available_models():
+            raise ConfigError(f"model.imports: cannot import {exc.spec!r} (for the host {mc.name!r}): {exc.reason}; "
+                              f"{exc.remedy}.") from exc
+        warnings.warn(f"model.imports: cannot import {exc.spec!r}: {exc.reason}; the host {mc.name!r} is registered "
+                      "without it, so the run goes on.")
+    needed = host_import(mc.name)
+    if needed == "__main__":
+        warnings.warn(f"the host {mc.name!r} is defined in the running script (__main__), which another process cannot "
+                      "import: evaluate and predict of this run work only where the host is registered again; move it "
+                      "into a module and name that in model.imports (dragsaw train --import MODULE).")
+    elif needed is not None and needed not in mc.imports:
+        mc.imports = [*mc.imports, needed]
+
+
+def _saved_model(ckpt: Path) -> dict:
+    """The ``model`` section of the configuration saved in a checkpoint (memory-mapped: the weights are not read);
+    ``{}`` when it cannot be read (:func:`load_task` then reports the damaged checkpoint)."""
+    try:
+        saved = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:
+        return {}
+    config = (saved.get("hyper_parameters") or {}).get("config") if isinstance(saved, dict) else None
+    model = config.get("model") if isinstance(config, dict) else None
+    return model if isinstance(model, dict) else {}
+
+
+def _import_saved_hosts(ckpt: Path) -> None:
+    """Import the modules a checkpoint's host needs (its saved ``model.imports``) before the task is rebuilt.
+
+    Raises:
+        ConfigError: the host is not registered afterwards: the module that cannot be imported (naming it, the run
+            and the fix), or no module registers it (with the distribution the run recorded, if any).
+    """
+    model = _saved_model(ckpt)
+    name, imports = model.get("name"), model.get("imports")
+    if not isinstance(name, str):
+        return
+    imports = [s for s in imports if isinstance(s, str)] if isinstance(imports, list) else []
+    failures = import_modules(imports)
+    if name in available_models():
+        for exc in failures:
+            warnings.warn(f"cannot import {exc.spec!r} (model.imports saved with {ckpt}): {exc.reason}; the host "
+                          f"{name!r} is registered without it, so it is built with that.")
+        return
+    run = ckpt.parent.parent if (ckpt.parent.parent / "config.yaml").is_file() else None
+    where = f"run {str(run)!r}" if run is not None else f"checkpoint {str(ckpt)!r}"
+    record = "model.imports in its config.yaml" if run is not None else "model.imports saved in it"
+    if failures:
+        exc = failures[0]
+        if not exc.missing:
+            fix = exc.remedy
+        elif exc.spec.endswith(".py"):
+            fix = "put the file back at that path, or pass --import with the path where it is now"
+        else:
+            fix = ("install it or put the folder that holds it on PYTHONPATH, then run again (or pass --import "
+                   "naming the module where it is now)")
+        raise ConfigError(f"{where} needs the module {exc.spec!r} ({record}) for its host {name!r}, but it cannot be "
+                          f"imported here: {exc.reason}; {fix}.") from exc
+    tried = f"it imported {imports} ({record}) and" if imports else "it records no module to import and"
+    dist = _recorded_distribution(run)
+    fix = (f"install the distribution {dist[0]!r} ({dist[1]}), which provided it when the run was trained, or pass "
+           "--import MODULE naming a module that registers it" if dist else
+           "pass --import MODULE naming the module that registers it, or install the package that provides it")
+    raise ConfigError(f"{where} was trained with the host {name!r}, which no module registers here ({tried} no "
+                      f"{ENTRY_POINT_GROUP} entry point provides it); {fix}.")
+
+
+def _recorded_distribution(run: Path | None) -> tuple[str, str] | None:
+    """``(distribution, version)`` of the host of an entry point, as the run's ``metrics.json`` records it."""
+    try:
+        host = (json.loads((run / "metrics.json").read_text()).get("host") or {}) if run is not None else {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(host, dict) or not host.get("distribution"):
+        return None
+    return str(host["distribution"]), str(host.get("version", "?"))
 
 
 def _resume_checkpoint(run_dir: Path, last: Path) -> str | None:
@@ -424,6 +525,7 @@ def _finish(config, run_dir, trainer, task, data, checkpoint, stats, old_log, ev
             warnings.warn(f"learning curves not plotted: {exc}")
     payload = {
         "run": config.name,
+        "host": host_source(config.model.name),  # its module, and the distribution of an entry point's host
         "checkpoint": best.name,
         "best": read_best_record(run_dir / "checkpoints"),  # epoch, step and validation score of best.ckpt
         **results,
@@ -458,13 +560,15 @@ def load_task(run_or_ckpt: str | Path, which: str = "best") -> tuple[Segmentatio
 
     The checkpoint alone rebuilds the network: it holds the configuration and the plan (``task.plan``, see
     :mod:`dragsaw.plan`; for checkpoints from before plans it is rebuilt from their configuration). The run's
-    ``plan.json`` is not needed.
+    ``plan.json`` is not needed. The modules of the saved ``model.imports`` (hosts of your own) are imported first.
 
     Returns:
         ``(task, checkpoint path)``, the task in eval mode on the CPU.
 
     Raises:
-        ConfigError: the path is neither a run directory with a checkpoint nor a readable checkpoint.
+        ConfigError: the path is neither a run directory with a checkpoint nor a readable checkpoint, or its host
+            cannot be registered (a module of its ``model.imports`` that cannot be imported; the message names the
+            module, the run and the fix).
     """
     path = Path(run_or_ckpt)
     if path.is_dir():
@@ -478,6 +582,7 @@ def load_task(run_or_ckpt: str | Path, which: str = "best") -> tuple[Segmentatio
             f"{str(path)!r} is neither a run directory with checkpoints/{which}.ckpt nor a checkpoint file; pass "
             "the directory a `dragsaw train` wrote, or a .ckpt file."
         )
+    _import_saved_hosts(ckpt)  # the modules that register a host of your own (model.imports)
     try:
         task = SegmentationTask.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False)
     except ConfigError as exc:  # the checkpoint's saved configuration is refused by this version's checks
