@@ -14,8 +14,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "dragsaw"
 DIMS_BRANCH = re.compile(r"\b(spatial_)?dims\s*(==|!=)\s*[23]\b|\bndim\s*(==|!=)\s*[45]\b")
 
 # Where 2D and 3D truly differ: planning (spacing / modality normalisation, which reader), the inference output
-# hooks' one dispatch, the demo-less CLI `synth` writer, the UAFS head width of the core, a volume file's channel
-# axis, and a few messages. Anything else must go through a reader, a plan or `spatial_dims`-generic code.
+# hooks' one dispatch, the CLI `synth` writer, the UAFS head width of the core, a volume file's channel axis, the
+# method's own 2D and 3D placements of PDCR/UAFS (library hosts), and a few messages. Anything else must go through a reader, a plan or `spatial_dims`-generic code.
 ALLOWED_DIMS_BRANCHES = {
     "plan.py": 5,
     "inference.py": 1,
@@ -25,6 +25,7 @@ ALLOWED_DIMS_BRANCHES = {
     "engine/run.py": 1,
     "metrics.py": 1,
     "data/io/geometry.py": 1,
+    "models/monai_hosts.py": 1,
 }
 
 

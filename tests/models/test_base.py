@@ -13,7 +13,7 @@ from torch import nn
 from dragsaw.errors import DataError
 from dragsaw.models import available_models
 
-from ._cases import CASES, IDS, NUM_CLASSES, PARAMS, SIZES, build, main_output, sample
+from ._cases import CASES, IDS, NUM_CLASSES, PARAMS, SIZES, build, main_output, sample, size
 
 
 def test_every_registered_model_has_a_tiny_case():
@@ -23,20 +23,20 @@ def test_every_registered_model_has_a_tiny_case():
 @pytest.mark.parametrize(("case", "dims"), PARAMS, ids=IDS)
 def test_forward_returns_logits_of_the_input_size(case, dims):
     model = build(case, dims)
-    x = sample(dims)
+    x = sample(dims, case=case)
     out = main_output(model(x))
-    assert out.shape == (2, NUM_CLASSES, *SIZES[dims])
+    assert out.shape == (2, NUM_CLASSES, *size(case, dims))
     assert torch.isfinite(out).all()
     model.eval()
     with torch.no_grad():
         single = model(x[:1])
-    assert single.shape == (1, NUM_CLASSES, *SIZES[dims])
+    assert single.shape == (1, NUM_CLASSES, *size(case, dims))
 
 
 @pytest.mark.parametrize(("case", "dims"), PARAMS, ids=IDS)
 def test_backward_reaches_every_parameter(case, dims):
     model = build(case, dims)
-    out = model(sample(dims))
+    out = model(sample(dims, case=case))
     outputs = out if isinstance(out, list) else [out]
     generator = torch.Generator().manual_seed(3)
     # random weights: a plain sum would cancel through batch norm
@@ -64,7 +64,7 @@ def test_declared_taps_have_the_declared_channels_and_strides(case, dims):
     assert {t.role for t in taps} == {"encoder", "decoder"} or all(t.role == "encoder" for t in taps)
     names = sorted({t.name for t in taps} | {name for name, _ in points})
     seen, handles = _record(model, names)
-    x = sample(dims)
+    x = sample(dims, case=case)
     model(x)
     for handle in handles:
         handle.remove()
@@ -101,7 +101,7 @@ def _wrap(model: nn.Module, name: str, block: nn.Module) -> None:
 @pytest.mark.parametrize(("case", "dims"), PARAMS, ids=IDS)
 def test_uafs_points_can_be_wrapped_and_feed_the_output(case, dims):
     model = build(case, dims).eval()
-    x = sample(dims, batch=1)
+    x = sample(dims, batch=1, case=case)
     description = (model.pdcr_taps(), model.pdcr_cross(), model.uafs_points())
     with torch.no_grad():
         reference = main_output(model(x))
@@ -120,7 +120,7 @@ def test_uafs_points_can_be_wrapped_and_feed_the_output(case, dims):
 def test_state_dict_round_trip_gives_identical_outputs(case, dims):
     source = build(case, dims, seed=0).eval()
     target = build(case, dims, seed=1).eval()
-    x = sample(dims, batch=1)
+    x = sample(dims, batch=1, case=case)
     with torch.no_grad():
         assert not torch.equal(source(x), target(x))
         buffer = io.BytesIO()

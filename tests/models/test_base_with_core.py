@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from ._cases import CASES, NUM_CLASSES, SIZES, build, main_output, sample
+from ._cases import CASES, NUM_CLASSES, build, main_output, sample, size
 
 taps = pytest.importorskip("dragsaw.taps")
 uafs = pytest.importorskip("dragsaw.uafs")
@@ -23,13 +23,13 @@ def test_uafs_at_every_point_and_pdcr_taps_work_together(case):
     for name, channels in points:
         taps.insert_after(model, name, uafs.UncertaintySelect(channels, spatial_dims=2))
     assert model.pdcr_taps() == specs and model.uafs_points() == points
-    x = sample(2)
+    x = sample(2, case=case)
     with taps.FeatureTaps(model, [s.name for s in specs]) as collector:
         out = main_output(model(x))
         features = collector.pop()
-    assert out.shape == (2, NUM_CLASSES, *SIZES[2])
+    assert out.shape == (2, NUM_CLASSES, *size(case, 2))
     for spec in specs:
-        expected = tuple(math.ceil(s / st) for s, st in zip(SIZES[2], spec.stride))
+        expected = tuple(math.ceil(s / st) for s, st in zip(size(case, 2), spec.stride))
         assert features[spec.name].shape == (2, spec.channels, *expected)
     loss = out.square().mean() + sum(f.square().mean() for f in features.values())
     loss.backward()
@@ -45,10 +45,10 @@ def test_uafs_at_every_point_and_pdcr_taps_work_together(case):
 def test_measured_encoder_tap_geometry_matches_the_declaration(case, sizes):
     model = build(case, 2)
     encoder = [s for s in model.pdcr_taps() if s.role == "encoder"]
-    for spec, size in zip(encoder, sizes, strict=True):
+    for spec, extent in zip(encoder, sizes, strict=True):
         field = taps.receptive_field(model, spec.name, (1, 3, 96, 96))
         assert field.stride == spec.stride
-        assert field.size == (size, size)  # Xception: 7 and 19, as METHOD.md reports for the reference
+        assert field.size == (extent, extent)  # Xception: 7 and 19, as METHOD.md reports for the reference
         # same-padded strided convs centre location i on pixel i*s; max pooling covers the block [i*s, i*s+s-1]
         offset = 0.0 if case.startswith("deeplab") else (spec.stride[0] - 1) / 2
         assert field.center_offset == (offset, offset)

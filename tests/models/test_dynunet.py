@@ -1,9 +1,9 @@
-"""DynUNet: the planning rule by hand, equivalence with MONAI's DynUNet, deep supervision, options."""
+"""DynUNet (MONAI's network as the 3D host): the planning rule by hand, equality with MONAI's forward, deep
+supervision at each head's own resolution, padding, the taps, options."""
 
 from __future__ import annotations
 
 import math
-import re
 
 import pytest
 import torch
@@ -41,40 +41,31 @@ def test_plan_rejects_bad_arguments(args, pattern):
         plan_dynunet(*args)
 
 
+def test_plan_halves_only_even_sizes_so_the_patch_is_a_multiple_of_the_total_stride():
+    # MONAI's DynUNet needs inputs divisible by the product of the strides: 100 -> 50 -> 25 stops at the odd 25
+    kernels, strides = plan_dynunet((100, 96))
+    assert strides == [(1, 1), (2, 2), (2, 2), (1, 2), (1, 2)]
+    total = [math.prod(s[axis] for s in strides) for axis in range(2)]
+    assert [100 % total[0], 96 % total[1]] == [0, 0]
+
+
 def test_default_network_matches_the_3d_reference_layout():
+    nets = pytest.importorskip("monai.networks.nets")
     with torch.device("meta"):
         model = DynUNet(3, 4, 4)
+    assert isinstance(model.net, nets.DynUNet)  # MONAI's own network, under `net`
     assert model.filters == (32, 64, 128, 256, 320, 320)
     assert [(t.name, t.channels, t.stride) for t in model.pdcr_taps()] == [
-        ("encoder.2", 128, (4, 4, 4)),
-        ("encoder.3", 256, (8, 8, 8)),
+        ("net.downsamples.1", 128, (4, 4, 4)),
+        ("net.downsamples.2", 256, (8, 8, 8)),
     ]
-    assert model.pdcr_cross() == [("encoder.2", "encoder.3")]
+    assert model.pdcr_cross() == [("net.downsamples.1", "net.downsamples.2")]
     assert [c for _, c in model.uafs_points()] == [320, 256, 128, 64, 32]  # BraTS: C = 320, 256, 128, 64, 32
-
-
-def _monai_to_own(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    rules = [
-        (r"^input_block\.", "encoder.0."),
-        (r"^downsamples\.(\d+)\.", lambda m: f"encoder.{int(m.group(1)) + 1}."),
-        (r"^upsamples\.(\d+)\.transp_conv\.conv\.", r"up.\1."),
-        (r"^upsamples\.(\d+)\.conv_block\.", r"decoder.\1."),
-        (r"^output_block\.conv\.conv\.", "head."),
-        (r"^deep_supervision_heads\.(\d+)\.conv\.conv\.", r"ds_heads.\1."),
-        (r"\.(conv[12])\.conv\.", r".\1."),
-    ]
-    out = {}
-    for key, value in state.items():
-        if key.startswith("skip_layers."):  # MONAI registers every block a second time under skip_layers
-            continue
-        for pattern, replacement in rules:
-            key = re.sub(pattern, replacement, key)
-        out[key] = value
-    return out
+    assert [n for n, _ in model.uafs_points()] == [f"net.upsamples.{j}.conv_block" for j in range(5)]
 
 
 @pytest.mark.parametrize("dims", [2, 3])
-def test_outputs_equal_monai_dynunet_with_the_same_weights(dims):
+def test_outputs_equal_monai_dynunets_forward_with_the_same_weights(dims):
     nets = pytest.importorskip("monai.networks.nets")
     kernels = [3, (1, 3) if dims == 2 else (1, 3, 3), 3, 3]
     strides = [1, (1, 2) if dims == 2 else (1, 2, 2), 2, 2]
@@ -83,7 +74,7 @@ def test_outputs_equal_monai_dynunet_with_the_same_weights(dims):
         dims, 2, 3, kernels, strides, strides[1:], filters=(4, 8, 16, 32), deep_supervision=True, deep_supr_num=2
     )
     model = DynUNet(dims, 2, 3, kernel_size=kernels, strides=strides, filters=(4, 8, 16, 32), deep_supervision=2)
-    model.load_state_dict(_monai_to_own(reference.state_dict()), strict=True)
+    model.net.load_state_dict(reference.state_dict(), strict=True)
     x = torch.randn(2, 2, *(16, 24, 8)[:dims])
     reference.eval(), model.eval()
     with torch.no_grad():
@@ -91,11 +82,22 @@ def test_outputs_equal_monai_dynunet_with_the_same_weights(dims):
     reference.train(), model.train()
     with torch.no_grad():
         expected = reference(x)  # [B, 1 + n, C, *S]: heads interpolated (nearest) to full size and stacked
-        outputs = model(x)
-    assert len(outputs) == 3
+        outputs = model(x)  # the heads at their own resolution
+    assert len(outputs) == 3 and outputs[1].shape[2:] != x.shape[2:]
     for k, out in enumerate(outputs):
         resized = out if k == 0 else F.interpolate(out, x.shape[2:])
         assert torch.allclose(resized, expected[:, k], atol=1e-5), k
+
+
+def test_inputs_that_are_not_multiples_of_the_total_stride_are_padded_and_cropped():
+    torch.manual_seed(0)
+    model = DynUNet(3, 1, 2, patch_size=32, filters=(2, 4, 8, 8)).eval()  # total stride 8
+    x = torch.randn(1, 1, 19, 13, 11)
+    padded = torch.zeros(1, 1, 24, 16, 16)
+    padded[:, :, :19, :13, :11] = x
+    with torch.no_grad():
+        out = model(x)
+        assert torch.equal(out, model(padded)[:, :, :19, :13, :11])  # zeros at the end of each axis, cropped back
 
 
 def test_parameter_count_equals_monai_for_the_default_plan():
@@ -105,6 +107,19 @@ def test_parameter_count_equals_monai_for_the_default_plan():
         reference = nets.DynUNet(3, 4, 4, kernels, strides, strides[1:], deep_supervision=True, deep_supr_num=3)
         model = DynUNet(3, 4, 4, deep_supervision=3)
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in reference.parameters())
+
+
+def test_the_stride_description_resolves_to_the_same_modules():
+    # LibraryHost on the same MONAI network, asked for the strides of skips 2 and 3 and every decoder stage,
+    # finds exactly the modules this host names by hand
+    from dragsaw.models.library import LibraryHost
+
+    model = DynUNet(3, 1, 3, patch_size=64, filters=(4, 8, 16, 32, 32), deep_supervision=2)
+    strides = model.level_strides()
+    described = LibraryHost(model.net, spatial_dims=3, in_channels=1, num_classes=3,
+                            encoder_strides=[strides[2], strides[3]], size_multiple=model.size_multiple)
+    assert described.pdcr_taps() == model.pdcr_taps()
+    assert described.uafs_points() == model.uafs_points()
 
 
 def test_deep_supervision_outputs_are_at_their_declared_strides():
@@ -146,7 +161,7 @@ def test_invalid_options_are_config_errors(kwargs, pattern):
 
 def test_a_shallow_network_builds_but_refuses_taps_it_does_not_have():
     model = DynUNet(3, 1, 2, patch_size=32, filters=(2, 4, 8, 8))  # 4 levels: skips 0..2
-    assert [name for name, _ in model.uafs_points()] == ["decoder.0", "decoder.1", "decoder.2"]
+    assert [name for name, _ in model.uafs_points()] == [f"net.upsamples.{j}.conv_block" for j in range(3)]
     for method in (model.pdcr_taps, model.pdcr_cross):
         with pytest.raises(ConfigError, match=r"pdcr_skips=\(2, 3\) must name encoder stages in 0..2.*\(1, 2\)"):
             method()

@@ -16,8 +16,8 @@ def scratch_registry(monkeypatch):
     monkeypatch.setattr(registry, "_MODELS", dict(registry._MODELS))
 
 
-def test_available_models_lists_the_three_hosts_sorted():
-    assert available_models() == ["deeplabv3plus", "dynunet", "unet"]
+def test_available_models_lists_the_hosts_sorted():
+    assert available_models() == ["deeplabv3plus", "dynunet", "monai_unet", "segresnet", "swinunetr", "unet"]
 
 
 def test_create_model_builds_the_registered_class_with_the_given_sizes():

@@ -11,6 +11,8 @@ from __future__ import annotations
 from .base import HostNetwork, TapSpec
 from .deeplabv3plus import DeepLabV3Plus  # importing a network module registers it
 from .dynunet import DynUNet, plan_dynunet
+from .library import LibraryHost
+from .monai_hosts import MonaiUNet, SegResNetHost, SwinUNETRHost
 from .registry import available_models, create_model, plan_topology, register_model
 from .unet import UNet
 
@@ -18,6 +20,10 @@ __all__ = [
     "DeepLabV3Plus",
     "DynUNet",
     "HostNetwork",
+    "LibraryHost",
+    "MonaiUNet",
+    "SegResNetHost",
+    "SwinUNETRHost",
     "TapSpec",
     "UNet",
     "available_models",

@@ -1,20 +1,20 @@
-"""An nnU-Net-like dynamic U-Net (the paper's 3D host), equivalent to MONAI's ``DynUNet`` without residual blocks.
+"""The paper's 3D host: MONAI's own ``DynUNet`` (nnU-Net-like, no residual blocks), with kernels and strides planned
+nnU-Net-style from the patch size and voxel spacing (:func:`plan_dynunet`).
 
 Blocks are conv -> instance norm -> leaky ReLU (0.01), twice; the first conv of a level carries its stride; the
-decoder upsamples with a transposed conv (kernel = stride) and concatenates ``[upsampled, skip]``. Kernel sizes and
-strides are given or derived from a patch size and voxel spacing by :func:`plan_dynunet`. Unlike MONAI's network,
-inputs need not be divisible by the total stride (each strided conv maps ``S`` to ``ceil(S / s)`` and the decoder
-crops), and every stage is a plainly named submodule with a single input::
+decoder upsamples with a transposed conv (kernel = stride) and concatenates ``[upsampled, skip]``. The network is
+``monai.networks.nets.DynUNet`` itself, unedited, under ``net`` (MONAI also registers every block a second time
+under ``net.skip_layers``; the names below are the first ones)::
 
-    encoder.0 .. encoder.{L-2}   encoder stages (skips), encoder.i at the cumulative stride of strides[0..i]
-    bottleneck                   the deepest stage (level L-1)
-    up.j, decoder.j              j = 0 is the deepest decoder stage; decoder.j is at level L-2-j
-    head                         1x1 conv -> num_classes (level 0)
-    ds_heads.k                   deep-supervision 1x1 heads on the decoder output at level k+1
+    net.input_block, net.downsamples.i   encoder stages: skip 0 and skip i + 1
+    net.bottleneck                       the deepest stage
+    net.upsamples.j                      decoder stage j (j = 0 deepest; two inputs: upsampled and skip), whose
+    net.upsamples.j.conv_block           convolutions on [upsampled, skip] are the UAFS points
+    net.output_block                     1x1 conv -> num_classes
+    net.deep_supervision_heads.k         deep-supervision 1x1 heads on the decoder output at level k + 1
 
-With the same kernels/strides/filters, the parameters map one-to-one onto MONAI's ``DynUNet(res_block=False)``
-(``input_block`` = ``encoder.0``, ``downsamples.i`` = ``encoder.{i+1}``, ``upsamples.j.transp_conv`` = ``up.j``,
-``upsamples.j.conv_block`` = ``decoder.j``, ``output_block`` = ``head``) and the outputs agree.
+MONAI's network needs inputs divisible by its total stride: :func:`plan_dynunet` plans only such layouts for the
+training patch, and ``forward`` zero-pads other inputs at the end of each axis and crops the outputs back.
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..errors import ConfigError
 from .._checks import check_choice, check_float, check_int, check_int_tuple
 from .base import HostNetwork, TapSpec
-from .layers import NORMS, conv, conv_transpose, crop_to, init_he, make_norm
+from .layers import NORMS, crop_to
+from .library import pad_to_multiple
 from .registry import register_model
 
-__all__ = ["DynUNet", "UNetBlock", "plan_dynunet"]
+__all__ = ["DynUNet", "plan_dynunet"]
 
 
 def plan_dynunet(
@@ -40,8 +40,9 @@ def plan_dynunet(
 ) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
     """Derive per-level kernel sizes and strides from a patch size and spacing (a simple nnU-Net-like rule).
 
-    Level 0 has stride 1. An axis is halved for the next level while its size is at least ``min_size`` and its
-    current spacing is at most twice the finest current spacing; halving doubles its spacing. A level's kernel is 3
+    Level 0 has stride 1. An axis is halved for the next level while its size is even and at least ``min_size``
+    and its current spacing is at most twice the finest current spacing; halving doubles its spacing. (Even sizes
+    only: the patch is then a multiple of the total stride, as MONAI's ``DynUNet`` needs.) A level's kernel is 3
     on axes within twice the finest spacing and 1 on the others. Planning stops when no axis can be halved.
 
     Args:
@@ -69,11 +70,11 @@ def plan_dynunet(
         finest = min(current)
         fine = [s <= 2 * finest for s in current]
         kernels.append(tuple(3 if f else 1 for f in fine))
-        step = tuple(2 if f and n >= min_size else 1 for f, n in zip(fine, sizes))
+        step = tuple(2 if f and n >= min_size and n % 2 == 0 else 1 for f, n in zip(fine, sizes))
         if max(step) == 1:
             return kernels, strides
         strides.append(step)
-        sizes = [math.ceil(n / s) for n, s in zip(sizes, step)]
+        sizes = [n // s for n, s in zip(sizes, step)]
         current = [c * s for c, s in zip(current, step)]
 
 
@@ -84,39 +85,9 @@ def _plain(levels: object) -> object:
     return levels
 
 
-class UNetBlock(nn.Module):
-    """conv(k, stride) -> norm -> leaky ReLU -> conv(k) -> norm -> leaky ReLU (``.conv1 .norm1 .conv2 .norm2 .act``).
-
-    Shape:
-        ``[B, in_channels, *S] -> [B, out_channels, *ceil(S / stride)]``.
-    """
-
-    def __init__(
-        self,
-        spatial_dims: int,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: Sequence[int],
-        stride: Sequence[int],
-        norm: str = "instance",
-        negative_slope: float = 0.01,
-    ) -> None:
-        super().__init__()
-        self.conv1 = conv(spatial_dims, in_channels, out_channels, kernel_size, stride)
-        self.conv2 = conv(spatial_dims, out_channels, out_channels, kernel_size, 1)
-        self.act = nn.LeakyReLU(negative_slope)
-        self.norm1 = make_norm(norm, spatial_dims, out_channels)
-        self.norm2 = make_norm(norm, spatial_dims, out_channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Two conv-norm-activation steps."""
-        x = self.act(self.norm1(self.conv1(x)))
-        return self.act(self.norm2(self.conv2(x)))
-
-
 @register_model("dynunet")
 class DynUNet(HostNetwork):
-    """nnU-Net-like U-Net with per-level kernels/strides, instance norm, leaky ReLU and optional deep supervision.
+    """MONAI's ``DynUNet``: per-level kernels/strides, instance norm, leaky ReLU and optional deep supervision.
 
     Args:
         spatial_dims: 2 or 3.
@@ -137,10 +108,17 @@ class DynUNet(HostNetwork):
             against the depth when :meth:`pdcr_taps` is called.
 
     Shape:
-        Input ``[B, in_channels, *S]``. Eval mode, or no deep supervision: logits ``[B, num_classes, *S]``.
-        Training mode with ``deep_supervision = n > 0``: a list of ``n + 1`` logits, ``[main, ds_1, ..., ds_n]``,
-        where ``ds_k`` is at its own resolution ``ceil(S / output_strides()[k])`` (not resized; resize the target,
-        e.g. with ``monai.losses.DeepSupervisionLoss``).
+        Input ``[B, in_channels, *S]``, any ``S`` (zero-padded to a multiple of the total stride, see
+        :attr:`size_multiple`, and cropped back). Eval mode, or no deep supervision: logits
+        ``[B, num_classes, *S]``. Training mode with ``deep_supervision = n > 0``: a list of ``n + 1`` logits,
+        ``[main, ds_1, ..., ds_n]``, where ``ds_k`` is at its own resolution ``ceil(S / output_strides()[k])``: the
+        heads' outputs before MONAI's forward interpolates them to full size and stacks them (resize the target,
+        as the training task does).
+
+    Attributes:
+        net: the ``monai.networks.nets.DynUNet`` (checkpoints of dragsaw's earlier copy, whose parameters were named
+            ``encoder.i`` / ``up.j`` / ``decoder.j`` / ``head``, do not load).
+        size_multiple: the total stride per axis, to which ``forward`` pads its input.
 
     Raises:
         ConfigError: for inconsistent kernels/strides/filters or options out of range.
@@ -187,24 +165,16 @@ class DynUNet(HostNetwork):
         self.pdcr_skips = skips
         norm = check_choice("norm", norm, NORMS)
         slope = check_float("negative_slope", negative_slope, low=0.0)
-        f, k, s = self.filters, self.kernel_size, self.strides
-        self.encoder = nn.ModuleList(
-            UNetBlock(sd, in_channels if i == 0 else f[i - 1], f[i], k[i], s[i], norm, slope) for i in range(levels - 1)
+        self.size_multiple = self.level_strides()[-1]
+        from monai.networks.nets import DynUNet as Net
+
+        self.net = Net(
+            sd, in_channels, num_classes, kernel_size=[list(v) for v in self.kernel_size],
+            strides=[list(v) for v in self.strides], upsample_kernel_size=[list(v) for v in self.strides[1:]],
+            filters=list(self.filters), norm_name=(norm.upper(), {"affine": True}),
+            act_name=("leakyrelu", {"inplace": True, "negative_slope": slope}),
+            deep_supervision=self.deep_supervision > 0, deep_supr_num=max(self.deep_supervision, 1),
         )
-        self.bottleneck = UNetBlock(sd, f[-2], f[-1], k[-1], s[-1], norm, slope)
-        deepest = levels - 1
-        self.up = nn.ModuleList(
-            conv_transpose(sd, f[deepest - j], f[deepest - j - 1], s[deepest - j]) for j in range(deepest)
-        )
-        self.decoder = nn.ModuleList(
-            UNetBlock(sd, 2 * f[deepest - j - 1], f[deepest - j - 1], k[deepest - j], (1,) * sd, norm, slope)
-            for j in range(deepest)
-        )
-        self.head = conv(sd, f[0], num_classes, 1, bias=True)
-        self.ds_heads = nn.ModuleList(
-            conv(sd, f[i + 1], num_classes, 1, bias=True) for i in range(self.deep_supervision)
-        )
-        init_he(self, negative_slope=slope, mode="fan_in")
 
     @classmethod
     def plan_topology(
@@ -287,26 +257,26 @@ class DynUNet(HostNetwork):
         return [levels[0]] + [levels[k] for k in range(1, self.deep_supervision + 1)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        """Logits (or, in training mode with deep supervision, the list ``[main, ds_1, ..., ds_n]``)."""
+        """Logits (or, in training mode with deep supervision, the list ``[main, ds_1, ..., ds_n]``).
+
+        Runs MONAI's network as its own ``forward`` does (``skip_layers`` then ``output_block``) but returns the
+        deep-supervision heads at their own resolution (MONAI keeps them in ``net.heads``) instead of interpolating
+        them to full size and stacking them.
+        """
         self.check_input(x)
-        skips = []
-        for stage in self.encoder:
-            x = stage(x)
-            skips.append(x)
-        x = self.bottleneck(x)
-        supervised = self.training and self.deep_supervision > 0
-        extra: dict[int, torch.Tensor] = {}
-        for j, (up, stage) in enumerate(zip(self.up, self.decoder)):
-            skip = skips.pop()
-            x = stage(torch.cat([crop_to(up(x), skip.shape[2:]), skip], dim=1))
-            level = len(self.strides) - 2 - j
-            if supervised and 1 <= level <= self.deep_supervision:
-                extra[level] = self.ds_heads[level - 1](x)
-        logits = self.head(x)
-        return [logits] + [extra[k] for k in sorted(extra)] if supervised else logits
+        padded, size = pad_to_multiple(x, self.size_multiple)
+        net = self.net
+        logits = crop_to(net.output_block(net.skip_layers(padded)), size)
+        if not (self.training and self.deep_supervision > 0):
+            return logits
+        extra = [
+            crop_to(head, [math.ceil(s / t) for s, t in zip(size, stride)])
+            for head, stride in zip(net.heads, self.output_strides()[1:], strict=True)
+        ]
+        return [logits, *extra]
 
     def pdcr_taps(self) -> list[TapSpec]:
-        """Encoder stages ``pdcr_skips`` (default the 3rd and 4th skips, ``encoder.2`` and ``encoder.3``).
+        """Encoder stages ``pdcr_skips``: by default the 3rd and 4th skips, ``net.downsamples.1`` and ``.2``.
 
         Raises:
             ConfigError: when the network is too shallow for ``pdcr_skips`` (checked here, not at construction,
@@ -320,7 +290,12 @@ class DynUNet(HostNetwork):
                 f"pdcr_skips=({max(levels - 3, 0)}, {levels - 2}) for its two deepest skips."
             )
         strides = self.level_strides()
-        return [TapSpec(f"encoder.{i}", self.filters[i], strides[i], "encoder") for i in self.pdcr_skips]
+        return [TapSpec(self.skip_name(i), self.filters[i], strides[i], "encoder") for i in self.pdcr_skips]
+
+    @staticmethod
+    def skip_name(index: int) -> str:
+        """The module name of encoder stage (skip) ``index``: ``net.input_block`` or ``net.downsamples.{index-1}``."""
+        return "net.input_block" if index == 0 else f"net.downsamples.{index - 1}"
 
     def pdcr_cross(self) -> list[tuple[str, str]]:
         """Cross-layer PDCR between the two tapped encoder stages."""
@@ -328,6 +303,6 @@ class DynUNet(HostNetwork):
         return [(first, second)]
 
     def uafs_points(self) -> list[tuple[str, int]]:
-        """Every decoder stage, deepest first (the 3D reference's placement)."""
+        """Every decoder stage, deepest first (the 3D reference's placement): ``net.upsamples.j.conv_block``."""
         levels = len(self.strides)
-        return [(f"decoder.{j}", self.filters[levels - 2 - j]) for j in range(levels - 1)]
+        return [(f"net.upsamples.{j}.conv_block", self.filters[levels - 2 - j]) for j in range(levels - 1)]
