@@ -33,6 +33,8 @@ MODEL_COMMANDS = ("train", "evaluate", "predict", "benchmark")
 
 INFERENCE_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 """``--precision`` of evaluate / predict: :data:`dragsaw.inference.PRECISIONS` (not imported here: it loads torch)."""
+POSTPROCESS_CHOICES = ("none", "largest-component")
+"""``--postprocess`` of evaluate / predict: :data:`dragsaw.inference.POSTPROCESS` (not imported: it loads torch)."""
 
 
 class _Failed(DragsawError):
@@ -166,12 +168,26 @@ def cmd_evaluate(args) -> int:
         for key, value in (("data.root", args.data_root), ("data.extra_root", args.extra_root)):
             if value:
                 overrides.append(f"{key}={json.dumps(str(value))}")  # JSON is YAML: any path stays one string
-    default_out = Path(args.run) / "evaluation" / (f"shift-{args.shift}" if args.shift else "")
-    if args.out or Path(args.run).is_dir():
-        check_output_dir(args.out or default_out)
-    metrics = evaluate_run(args.run, config, out=args.out, overrides=overrides, shift=args.shift, **options)
-    _print_summary(metrics, Path(args.out) if args.out else default_out)
+    if args.out:
+        check_output_dir(args.out)
+    where: list[Path] = []
+
+    def check_out(folder: Path) -> None:  # the default folder names the variant (ensemble, tta, post-processing)
+        where.append(folder)
+        if not args.out:
+            check_output_dir(folder)
+
+    metrics = evaluate_run(args.run, config, out=args.out, overrides=overrides, shift=args.shift,
+                           ensemble=args.ensemble, postprocess=args.postprocess, check_out=check_out, **options)
+    _print_summary(metrics, where[-1] if where else Path(args.out or Path(args.run) / "evaluation"))
     return 0
+
+
+def _is_run(path: Path) -> bool:
+    """A run directory (it has checkpoints/best.ckpt or last.ckpt) or a checkpoint file (``.ckpt``)."""
+    if path.is_dir():
+        return any((path / "checkpoints" / name).is_file() for name in ("best.ckpt", "last.ckpt"))
+    return path.suffix == ".ckpt" and path.is_file()
 
 
 def cmd_predict(args) -> int:
@@ -182,9 +198,22 @@ def cmd_predict(args) -> int:
     if args.num_workers < 0:
         raise ConfigError(f"--num-workers {args.num_workers} must be >= 0 (0: read the inputs in the main process); "
                           "use e.g. --num-workers 2.")
-    task, _ = load_task(args.run)
+    if args.postprocess not in POSTPROCESS_CHOICES:  # argparse checks choices; a direct caller may not
+        raise ConfigError(f"--postprocess {args.postprocess!r}: use one of {', '.join(POSTPROCESS_CHOICES)}")
+    items = list(args.inputs)
+    runs = [args.run]
+    while items and _is_run(Path(items[0])):  # leading run directories / checkpoints: more ensemble members
+        runs.append(items.pop(0))
+    runs += list(args.ensemble or [])
+    if not items:
+        raise ConfigError(f"predict got the run(s) {', '.join(map(str, runs))} but no input; give image/volume files "
+                          "or folders after the run(s), e.g. dragsaw predict RUN [RUN ...] INPUTS... --out DIR.")
+    task, ckpt = load_task(args.run)
+    from .engine.run import load_ensemble
+
+    model, _members = load_ensemble(task, ckpt, runs[1:])
     inputs: list[Path] = []
-    for item in args.inputs:
+    for item in items:
         path = Path(item)
         if path.is_dir():
             try:  # the outputs of an earlier predict into this folder are not inputs
@@ -212,15 +241,18 @@ def cmd_predict(args) -> int:
         raise ConfigError(f"cannot create the output directory {str(out)!r} ({exc}); choose a writable --out.") from exc
     written: list[Path] = []
     try:
-        written, failures = predict_files(task.model, inputs, out, task.config, probabilities=args.probabilities,
+        written, failures = predict_files(model, inputs, out, task.config, probabilities=args.probabilities,
                                           in_channels=task.hparams.get("in_channels"), overwrite=args.overwrite,
-                                          num_workers=args.num_workers, plan=task.plan, **options)
+                                          num_workers=args.num_workers, plan=task.plan, postprocess=args.postprocess,
+                                          **options)
     finally:
         for folder in [] if written else created:  # nothing written: leave no empty output folder behind
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
     if written:
-        print(f"wrote {len(written)} files for {len(inputs) - len(failures)} of {len(inputs)} inputs to {out}")
+        averaged = f" (mean probabilities of {len(runs)} runs)" if len(runs) > 1 else ""
+        print(f"wrote {len(written)} files for {len(inputs) - len(failures)} of {len(inputs)} inputs to {out}"
+              f"{averaged}")
     for path, reason in failures.items():
         print(f"error: {path}: {reason}", file=sys.stderr)
     if failures:
@@ -305,6 +337,14 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export_run
+
+    load_user_modules("export", args.imports)
+    export_run(args.run, args.format, args.out, checkpoint=args.checkpoint, opset=args.opset)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -351,6 +391,14 @@ def build_parser() -> argparse.ArgumentParser:
                             "train.sw_batch_size)")
         p.add_argument("--quiet", action="store_true", help="no progress bar (there is none when stderr is not a "
                                                             "terminal)")
+        p.add_argument("--ensemble", nargs="+", action="extend", default=[], metavar="RUN",
+                       help="more runs (directories or checkpoints) to average with RUN: their softmax probabilities "
+                            "(not logits) and UAFS maps are averaged; they must share RUN's classes and "
+                            "preprocessing (e.g. the folds or seeds of one experiment); predict: put it after "
+                            "the inputs")
+        p.add_argument("--postprocess", default="none", choices=POSTPROCESS_CHOICES,
+                       help="none (default) or largest-component: keep each foreground class's largest connected "
+                            "component (face connectivity) of the prediction in the input's geometry")
 
     train = sub.add_parser("train", help="train a model into a run directory")
     data_args(train, required_preset=False)
@@ -373,9 +421,14 @@ def build_parser() -> argparse.ArgumentParser:
     import_arg(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
-    predict = sub.add_parser("predict", help="predict masks, probabilities and uncertainty maps for images")
+    predict = sub.add_parser("predict", help="predict masks, probabilities and uncertainty maps for images",
+                             description="dragsaw predict RUN [RUN ...] INPUTS... --out DIR: the leading arguments "
+                                         "that are run directories (with checkpoints/best.ckpt or last.ckpt) or .ckpt "
+                                         "files are runs, averaged as an ensemble when there are several; the "
+                                         "rest are inputs.")
     predict.add_argument("run", help="run directory or checkpoint")
-    predict.add_argument("inputs", nargs="+", help="image files or folders")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT",
+                         help="image files or folders; more runs (an ensemble) may come first, before them")
     predict.add_argument("--out", required=True, help="output directory")
     predict.add_argument("--probabilities", action="store_true", help="3D: also write class probabilities (NIfTI)")
     predict.add_argument("--overwrite", action="store_true",
@@ -412,6 +465,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--smoke", action="store_true", help="a tiny benchmark on synthetic data (checks the machinery)")
     import_arg(bench)
     bench.set_defaults(func=cmd_benchmark)
+
+    export = sub.add_parser("export", help="export a run's model (ONNX, TorchScript, torch.export) with FILE.json, "
+                                           "verified against PyTorch (docs/export.md)")
+    export.add_argument("run", help="run directory or checkpoint")
+    export.add_argument("--format", required=True, choices=("onnx", "torchscript", "exported-program"))
+    export.add_argument("--out", required=True, metavar="FILE", help="the model file (FILE.json is written beside it)")
+    export.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which checkpoint (default best)")
+    export.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default: the exporter's)")
+    import_arg(export)
+    export.set_defaults(func=cmd_export)
 
     presets = sub.add_parser("presets", help="list the presets")
     presets.set_defaults(func=cmd_presets)

@@ -40,6 +40,8 @@ __all__ = [
     "InferenceSettings", "PRECISIONS", "resolve_device", "autocast_dtype", "infer", "record_uncertainty",
     "finest_uncertainty", "evaluate_loader", "predict_files",
     "save_png_atomic", "prediction_names", "native_prediction", "PREDICT_MANIFEST", "read_predict_manifest",
+    "Ensemble", "infer_members", "mean_probabilities", "check_ensemble", "ENSEMBLE_PLAN_KEYS", "POSTPROCESS",
+    "LARGEST_COMPONENT_CONNECTIVITY", "postprocess_prediction", "keep_largest_components",
 ]
 
 PREDICT_MANIFEST = ".dragsaw-predict.json"
@@ -242,6 +244,158 @@ def infer(model: nn.Module, images: torch.Tensor, settings: InferenceSettings) -
     return out, None
 
 
+class Ensemble(nn.Module):
+    """Several trained models applied as one (``predict`` / ``evaluate`` with ``--ensemble``).
+
+    Each member is applied with :func:`infer` (so its TTA flips are averaged inside it, in logit space, as for a
+    single run); then the members' softmax **probabilities** are averaged (never their logits), and so are their
+    UAFS uncertainty maps (over the members that have UAFS). :func:`evaluate_loader` and :func:`predict_files` take an
+    ``Ensemble`` wherever they take a model. The members must share the preprocessing (see :func:`check_ensemble`):
+    every input is read once, with the first member's plan.
+
+    Raises:
+        ConfigError: no member.
+    """
+
+    def __init__(self, models: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if not models:
+            raise ConfigError("an ensemble needs at least one model")
+        self.members = nn.ModuleList(models)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The members' mean softmax probabilities of one plain forward each (no windows, no flips)."""
+        outs = []
+        for member in self.members:
+            out = member(x)
+            outs.append(out[0] if isinstance(out, (list, tuple)) else out)
+        return mean_probabilities(outs)
+
+
+@torch.no_grad()
+def infer_members(model: nn.Module, images: torch.Tensor,
+                  settings: InferenceSettings) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """:func:`infer` for a model or an :class:`Ensemble`: the logits of every member (a list of one for a plain
+    model; each averaged over its TTA flips) and the uncertainty map averaged over the members that have UAFS
+    (``None`` when none has). Combine the logits with :func:`mean_probabilities`."""
+    members = list(model.members) if isinstance(model, Ensemble) else [model]
+    logits, maps = [], []
+    for member in members:
+        z, u = infer(member, images, settings)
+        logits.append(z)
+        if u is not None:
+            maps.append(u)
+    if not maps:
+        return logits, None
+    unc = maps[0]
+    for u in maps[1:]:
+        unc = unc + u
+    return logits, (unc / len(maps) if len(maps) > 1 else unc)
+
+
+def mean_probabilities(logits: Sequence[torch.Tensor], dim: int = 1) -> torch.Tensor:
+    """The mean over members of ``softmax(logits_i, dim)`` (float32). One member: its softmax; the same logits
+    given n times give exactly their softmax too (``(p + p) / 2 == p`` in floating point)."""
+    total = None
+    for z in logits:
+        p = torch.softmax(z.float(), dim)
+        total = p if total is None else total + p
+    return total / len(logits) if len(logits) > 1 else total
+
+
+def _distinct(logits: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``logits`` as a list, cut to its first element when every member's logits equal it bit for bit (the same run
+    given twice): their mean probabilities are its own, so the one-model path (arg-max and entropy of the logits)
+    gives exactly the single run's results."""
+    logits = list(logits)
+    return logits[:1] if all(torch.equal(z, logits[0]) for z in logits[1:]) else logits
+
+
+def _probability_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Normalised entropy ``-sum_k p_k ln p_k / ln K`` in [0, 1] of probabilities ``[B, K, *S]`` -> ``[B, 1, *S]``
+    (the ensemble's counterpart of :func:`dragsaw.metrics.softmax_entropy`)."""
+    p = probs.float()
+    h = -(p * p.clamp_min(1e-12).log()).sum(1, keepdim=True) / math.log(p.shape[1])
+    return h.clamp(0, 1)
+
+
+ENSEMBLE_PLAN_KEYS = ("spatial_dims", "num_classes", "in_channels", "input_size", "normalization", "mean", "std",
+                      "target_spacing", "modalities", "ct_stats")
+"""The plan keys the runs of an ensemble must agree on: what the network predicts and how its input is read (every
+input is preprocessed once, with the first run's plan)."""
+
+
+def check_ensemble(members: Sequence[tuple[str, Plan]]) -> None:
+    """Refuse runs that cannot be averaged: each ``(name, plan)`` must agree with the first on every key of
+    :data:`ENSEMBLE_PLAN_KEYS` (the folds or seeds of one experiment do; the network topology may differ).
+
+    Raises:
+        ConfigError: ``cannot ensemble A and B: their plans differ in KEY (A: VALUE, B: VALUE); ...``.
+    """
+    if not members:
+        return
+    first, plan = members[0]
+    for name, other in members[1:]:
+        for key in ENSEMBLE_PLAN_KEYS:
+            mine, theirs = getattr(plan, key), getattr(other, key)
+            if mine != theirs:
+                raise ConfigError(
+                    f"cannot ensemble {first} and {name}: their plans differ in {key} ({first}: {mine!r}, {name}: "
+                    f"{theirs!r}); an ensemble averages runs with the same classes and preprocessing (e.g. the folds "
+                    "or seeds of one experiment)"
+                )
+
+
+POSTPROCESS = ("none", "largest-component")
+"""``--postprocess`` choices, applied to the arg-max in the file's own geometry: ``largest-component`` keeps, for
+each foreground class independently, its largest connected component (:func:`keep_largest_components`)."""
+
+LARGEST_COMPONENT_CONNECTIVITY = 1
+"""Neighbourhood of ``largest-component``: 1 = pixels/voxels sharing a face (4-neighbourhood in 2D,
+6-neighbourhood in 3D; MONAI's ``connectivity=1``, scipy's and nnU-Net's default structure). Parts that touch only
+at an edge or a corner are separate components, so the smaller of them is removed."""
+
+
+def keep_largest_components(pred, num_classes: int):
+    """For each foreground class 1..K-1, keep its largest connected component (face connectivity) of the label map
+    ``pred`` (``[H, W]`` or ``[X, Y, Z]``, a tensor or an array); removed pixels become background (0). Returns the
+    same type, dtype and shape. MONAI's ``KeepLargestConnectedComponent(applied_labels=1..K-1, independent=True,
+    connectivity=1)``."""
+    from monai.transforms import KeepLargestConnectedComponent
+
+    if num_classes < 2:
+        return pred
+    keep = KeepLargestConnectedComponent(applied_labels=list(range(1, num_classes)), is_onehot=False,
+                                         independent=True, connectivity=LARGEST_COMPONENT_CONNECTIVITY)
+    is_tensor = isinstance(pred, torch.Tensor)
+    labels = torch.as_tensor(np.asarray(pred) if not is_tensor else pred)
+    out = keep(labels[None].clone())[0]
+    out = torch.as_tensor(out).to(labels.dtype)  # a MetaTensor from MONAI: plain tensor of the input's dtype
+    out = out.as_subclass(torch.Tensor) if isinstance(out, torch.Tensor) else out
+    return out if is_tensor else out.numpy().astype(np.asarray(pred).dtype, copy=False)
+
+
+def postprocess_prediction(pred, num_classes: int, postprocess: str = "none"):
+    """``pred`` after ``postprocess`` (one of :data:`POSTPROCESS`).
+
+    Raises:
+        ConfigError: an unknown ``postprocess``.
+    """
+    if postprocess == "none" or postprocess is None:
+        return pred
+    if postprocess == "largest-component":
+        return keep_largest_components(pred, num_classes)
+    raise ConfigError(f"--postprocess {postprocess!r} is not a post-processing; use one of {', '.join(POSTPROCESS)}")
+
+
+def _check_postprocess(postprocess: str | None) -> str:
+    postprocess = postprocess or "none"
+    if postprocess not in POSTPROCESS:
+        raise ConfigError(f"--postprocess {postprocess!r} is not a post-processing; use one of "
+                          f"{', '.join(POSTPROCESS)}")
+    return postprocess
+
+
 def record_uncertainty(model: nn.Module, on: bool = True) -> int:
     """Switch recording of the last uncertainty map on every UAFS block of ``model``; returns how many."""
     blocks = [m for m in model.modules() if isinstance(m, UncertaintySelect)]
@@ -312,6 +466,7 @@ def evaluate_loader(
     regions: dict[str, list[int]] | None = None,
     progress: bool = False,
     description: str = "evaluate",
+    postprocess: str = "none",
 ) -> tuple[list[dict], list[dict]]:
     """Per-case metrics at the native resolution / original geometry over an evaluation loader.
 
@@ -327,12 +482,16 @@ def evaluate_loader(
 
     The network runs on ``device`` (``model`` must be there) with ``settings`` (test-time mirroring, precision,
     sliding-window batch); ``progress`` shows a bar of the cases done on stderr, labelled ``description``.
+    ``model`` may be an :class:`Ensemble` (mean softmax probabilities and mean UAFS maps of its members; the entropy
+    is that of the mean probabilities). ``postprocess`` (one of :data:`POSTPROCESS`) is applied to each native
+    arg-max before it is scored (the uncertainty scores use the arg-max before post-processing).
 
     Returns:
         ``(per_case, overlay_items)``: one metrics dict per case (with ``case_id``), and up to ``overlays`` items
         for :func:`dragsaw.report.plot_overlays`.
     """
     settings = settings or InferenceSettings()
+    postprocess = _check_postprocess(postprocess)
     outputs = _outputs(settings.spatial_dims)
     was_training = model.training
     model.eval()
@@ -344,22 +503,25 @@ def evaluate_loader(
     bar = tqdm(total=total, desc=description, unit="case", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     try:
         for batch in loader:
-            logits, unc = infer(model, batch["image"].to(device), settings)
+            members, unc = infer_members(model, batch["image"].to(device), settings)
             for i, native in enumerate(batch["label_native"]):
                 case_id, meta = batch["case_id"][i], batch["meta"][i]
                 unc_i = None if unc is None else unc[i : i + 1]
-                pred, entropy, u_native = outputs.native_maps(logits[i : i + 1], unc_i, meta)
+                raw, entropy, u_native = outputs.native_maps([z[i : i + 1] for z in members], unc_i, meta)
+                pred = postprocess_prediction(raw, num_classes, postprocess)
                 spacing = outputs.spacing(meta)
                 scores = case_metrics(pred, native, num_classes, spacing=spacing, include_hd95=include_hd95)
                 # error detection: how well each uncertainty map ranks the wrong pixels above the right ones
-                scores["auroc_uafs"] = math.nan if u_native is None else error_auroc(u_native, pred, native)
-                scores["auroc_entropy"] = error_auroc(entropy, pred, native)
+                scores["auroc_uafs"] = math.nan if u_native is None else error_auroc(u_native, raw, native)
+                scores["auroc_entropy"] = error_auroc(entropy, raw, native)
                 if regions:
                     scores |= _region_scores(pred.numpy(), native.numpy(), regions, spacing, include_hd95)
                 per_case.append({"case_id": case_id, **scores})
                 bar.update(1)
                 if len(items) < overlays:
-                    items.append(outputs.overlay_item(batch, i, logits[i].argmax(0).cpu(), pred, native, u_native,
+                    case = _distinct([z[i] for z in members])
+                    pre = case[0] if len(case) == 1 else mean_probabilities(case, 0)
+                    items.append(outputs.overlay_item(batch, i, pre.argmax(0).cpu(), pred, native, u_native,
                                                       None if unc is None else unc[i, 0].cpu()))
     finally:
         bar.close()
@@ -374,20 +536,34 @@ def save_png_atomic(array: np.ndarray, path: Path) -> Path:
     return Path(path)
 
 
-def _native_maps_2d(logits: torch.Tensor, unc: torch.Tensor | None, size: tuple[int, int]):
+def _member_bands(logits: Sequence[torch.Tensor], size: tuple[int, int]):
+    """``(columns, [band of each member])``: every member's logits resized band by band, the same columns at once."""
+    streams = [resize_logits_in_blocks(z.float(), size) for z in logits]
+    for parts in zip(*streams):
+        yield parts[0][0], [band for _, band in parts]
+
+
+def _native_maps_2d(logits: Sequence[torch.Tensor], unc: torch.Tensor | None, size: tuple[int, int]):
     """Arg-max ``[H, W]`` int64, normalised softmax entropy ``[H, W]`` float32 (tensors on the CPU) and UAFS map
-    (float32 array ``[H, W]`` or ``None``) at the native ``size`` of one case (``logits`` ``[1, K, h, w]``, ``unc``
-    ``[1, 1, h, w]``).
+    (float32 array ``[H, W]`` or ``None``) at the native ``size`` of one case (``logits``: one ``[1, K, h, w]`` per
+    ensemble member, ``unc`` ``[1, 1, h, w]``).
 
     The logits are resized band by band (:func:`dragsaw.metrics.resize_logits_in_blocks`) and each band is reduced
-    at once, so memory holds these three maps plus one band, not ``K x H x W`` floats.
+    at once, so memory holds these three maps plus one band, not ``K x H x W`` floats. One member: the arg-max and
+    entropy of its resized logits; several: of the mean of their softmax probabilities at the native size.
     """
     pred = torch.empty(size, dtype=torch.int64)
     entropy = torch.empty(size, dtype=torch.float32)
-    for cols, band in resize_logits_in_blocks(logits.float(), size):
-        pred[:, cols] = band.argmax(1)[0].cpu()
-        entropy[:, cols] = softmax_entropy(band)[0, 0].cpu()
-        del band
+    for cols, bands in _member_bands(_distinct(logits), size):
+        if len(bands) == 1:
+            pred[:, cols] = bands[0].argmax(1)[0].cpu()
+            entropy[:, cols] = softmax_entropy(bands[0])[0, 0].cpu()
+        else:
+            p = mean_probabilities(bands)
+            pred[:, cols] = p.argmax(1)[0].cpu()
+            entropy[:, cols] = _probability_entropy(p)[0, 0].cpu()
+            del p
+        del bands
     return pred, entropy, None if unc is None else _native_uncertainty(unc, size)
 
 
@@ -478,34 +654,40 @@ def _as_is(item):
 
 
 def _predict_image(model, loaded: dict, path: Path, out_dir: Path, config, settings: InferenceSettings,
-                   device) -> list[Path]:
+                   device, postprocess: str = "none") -> list[Path]:
     dc = config.data
     size = loaded["size"]
-    logits, unc = infer(model, loaded["image"].to(device), settings)
+    members, unc = infer_members(model, loaded["image"].to(device), settings)
     # native-size outputs made a band of columns at a time: memory holds the outputs and one band of K x H x w
-    # floats, never the whole K x H x W resized logits and their softmax
+    # floats, never the whole K x H x W resized logits and their softmax; an ensemble's members are resized to the
+    # native size and their softmax probabilities averaged there
     binary = dc.num_classes == 2
     pred = np.empty(size, dtype=np.uint8)
-    probs = np.empty(size if binary else (logits.shape[1], *size), dtype=np.uint8 if binary else np.float16)
-    for cols, band in resize_logits_in_blocks(logits.float(), size):
-        p = torch.softmax(band, 1)[0].cpu()
-        del band
+    probs = np.empty(size if binary else (members[0].shape[1], *size), dtype=np.uint8 if binary else np.float16)
+    for cols, bands in _member_bands(members, size):
+        p = mean_probabilities(bands)[0].cpu()
+        del bands
         pred[:, cols] = p.argmax(0).numpy()  # class indices < 256, cast as .astype(np.uint8) would
         probs[..., cols] = (p[1].numpy() * 255).round() if binary else p.numpy()  # cast to uint8 / float16
         del p
+    pred = postprocess_prediction(pred, dc.num_classes, postprocess)  # the mask only; probabilities stay
     unc = None if unc is None else _native_uncertainty(unc, size)
     return _write_prediction(out_dir, path.stem, loaded["native"].numpy(), pred, probs, unc, dc.num_classes)
 
 
 def _predict_volume(model, loaded: dict, path: Path, out_dir: Path, config, settings: InferenceSettings, device,
-                    probabilities: bool) -> list[Path]:
-    logits, unc = infer(model, loaded["image"].to(device), settings)
+                    probabilities: bool, postprocess: str = "none") -> list[Path]:
+    members, unc = infer_members(model, loaded["image"].to(device), settings)
     meta = loaded["meta"]
     stem = _stem(path)
-    pred = to_original_geometry(logits[0].argmax(0).cpu().numpy(), meta)
+    # one member: the arg-max of its logits; several: of their mean softmax probabilities (network space, one grid)
+    distinct = _distinct(members)
+    scores = distinct[0][0] if len(distinct) == 1 else mean_probabilities([z[0] for z in distinct], 0)
+    pred = to_original_geometry(scores.argmax(0).cpu().numpy(), meta)
+    pred = postprocess_prediction(np.asarray(pred), config.data.num_classes, postprocess)
     written = [write_nifti(np.asarray(pred), meta["affine"], out_dir / f"{stem}_seg.nii.gz")]
     if probabilities:
-        probs = to_original_geometry(torch.softmax(logits[0].float(), 0).cpu().numpy(), meta)
+        probs = to_original_geometry(mean_probabilities([z[0] for z in members], 0).cpu().numpy(), meta)
         written.append(write_nifti(np.asarray(probs, dtype=np.float32), meta["affine"], out_dir / f"{stem}_probs.nii.gz"))
     if unc is not None:
         u = to_original_geometry(unc[0, 0].float().cpu().numpy(), meta)
@@ -545,9 +727,10 @@ class _Outputs:
     def load(self, reader, path: Path) -> dict:
         raise NotImplementedError
 
-    def native_maps(self, logits: torch.Tensor, unc: torch.Tensor | None, meta: dict):
+    def native_maps(self, logits: Sequence[torch.Tensor], unc: torch.Tensor | None, meta: dict):
         """Arg-max (int64), normalised softmax entropy (float32, tensors on the CPU) and UAFS map (or ``None``) of
-        one case (``logits`` ``[1, K, *S]``, ``unc`` ``[1, 1, *S]``) in the file's own geometry ``meta["shape"]``."""
+        one case (``logits``: one ``[1, K, *S]`` per ensemble member, ``unc`` ``[1, 1, *S]``) in the file's own
+        geometry ``meta["shape"]``; several members: of their mean softmax probabilities."""
         raise NotImplementedError
 
     def spacing(self, meta: dict) -> list[float] | None:
@@ -561,7 +744,7 @@ class _Outputs:
         raise NotImplementedError
 
     def predict(self, model, loaded: dict, path: Path, out_dir: Path, config, settings, device,
-                probabilities: bool) -> list[Path]:
+                probabilities: bool, postprocess: str = "none") -> list[Path]:
         raise NotImplementedError
 
 
@@ -598,8 +781,8 @@ class _ImageOutputs(_Outputs):
         return [f"{stem}_mask.png", f"{stem}_prob.png" if num_classes == 2 else f"{stem}_probs.npy",
                 *([f"{stem}_uncertainty.png"] if uncertainty else []), f"{stem}_overlay.png"]
 
-    def predict(self, model, loaded, path, out_dir, config, settings, device, probabilities):
-        return _predict_image(model, loaded, path, out_dir, config, settings, device)
+    def predict(self, model, loaded, path, out_dir, config, settings, device, probabilities, postprocess="none"):
+        return _predict_image(model, loaded, path, out_dir, config, settings, device, postprocess)
 
 
 class _VolumeOutputs(_Outputs):
@@ -626,8 +809,14 @@ class _VolumeOutputs(_Outputs):
         return {"image": item["image"][None], "meta": item["meta"]}
 
     def native_maps(self, logits, unc, meta):
-        pred = torch.from_numpy(np.asarray(to_original_geometry(logits[0].argmax(0).cpu().numpy(), meta))).long()
-        maps = [softmax_entropy(logits.float())[0, 0]] + ([] if unc is None else [unc[0, 0]])
+        logits = _distinct(logits)
+        if len(logits) == 1:
+            scores, entropy = logits[0], softmax_entropy(logits[0].float())
+        else:  # the members' mean softmax probabilities in the network space (one grid: the plans agree)
+            scores = mean_probabilities(logits)
+            entropy = _probability_entropy(scores)
+        pred = torch.from_numpy(np.asarray(to_original_geometry(scores[0].argmax(0).cpu().numpy(), meta))).long()
+        maps = [entropy[0, 0]] + ([] if unc is None else [unc[0, 0]])
         mapped = to_original_geometry(torch.stack(maps).float().cpu(), meta)  # one resampling for both
         return pred, mapped[0], (None if unc is None else mapped[1])
 
@@ -642,15 +831,15 @@ class _VolumeOutputs(_Outputs):
         return [f"{stem}_seg.nii.gz", *([f"{stem}_probs.nii.gz"] if probabilities else []),
                 *([f"{stem}_uncertainty.nii.gz"] if uncertainty else [])]
 
-    def predict(self, model, loaded, path, out_dir, config, settings, device, probabilities):
-        return _predict_volume(model, loaded, path, out_dir, config, settings, device, probabilities)
+    def predict(self, model, loaded, path, out_dir, config, settings, device, probabilities, postprocess="none"):
+        return _predict_volume(model, loaded, path, out_dir, config, settings, device, probabilities, postprocess)
 
 
 def native_prediction(logits: torch.Tensor, meta: dict, spatial_dims: int) -> torch.Tensor:
     """The arg-max of one case's ``logits`` ``[1, K, *S]`` (network space) in the file's own geometry
     ``meta["shape"]``: int64 on the CPU (images: logits resized before the arg-max; volumes: mapped back with the
     file's affine)."""
-    return _outputs(spatial_dims).native_maps(logits, None, meta)[0]
+    return _outputs(spatial_dims).native_maps([logits], None, meta)[0]
 
 
 def _outputs(spatial_dims: int) -> _Outputs:
@@ -775,6 +964,7 @@ def predict_files(
     progress: bool = False,
     num_workers: int = 0,
     plan: Plan | None = None,
+    postprocess: str = "none",
 ) -> tuple[list[Path], dict[str, str]]:
     """Predict every input with the run's configuration and plan and write the outputs to ``out_dir``.
 
@@ -808,6 +998,11 @@ def predict_files(
     inputs wait in memory); each input's outputs are written as soon as it is predicted, in input order.
     ``progress`` shows a bar of the inputs done on stderr.
 
+    ``model`` may be an :class:`Ensemble`: the probabilities (and the uncertainty maps) written are the means of its
+    members' (probabilities, not logits, are averaged); ``config`` / ``plan`` are then the first member's (see
+    :func:`check_ensemble`). ``postprocess`` (one of :data:`POSTPROCESS`) is applied to the mask / segmentation
+    in the input's geometry; the probability and uncertainty maps are not changed by it.
+
     Returns:
         ``(written_files, failures)``.
 
@@ -825,6 +1020,7 @@ def predict_files(
     settings = InferenceSettings.from_config(config, mirror=tta, sw_batch_size=sw_batch_size, precision=precision,
                                              plan=plan)
     autocast_dtype(settings.precision, device)
+    postprocess = _check_postprocess(postprocess)
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ConfigError(f"--num-workers {num_workers!r} must be a whole number >= 0 (0: read the inputs in the main "
                           "process); use e.g. --num-workers 2")
@@ -881,7 +1077,8 @@ def predict_files(
             staging = Path(tempfile.mkdtemp(prefix=f".{stem}.", suffix=".tmp", dir=out_dir))
             moved: list[Path] = []
             try:
-                files = outputs.predict(model, loaded, path, staging, config, settings, device, probabilities)
+                files = outputs.predict(model, loaded, path, staging, config, settings, device, probabilities,
+                                        postprocess)
                 entries = {file.name: {"sha256": _sha256(file), "size": file.stat().st_size,
                                        "input": os.path.abspath(path)} for file in files}
                 for file in files:  # all outputs of this input are complete: move them out together

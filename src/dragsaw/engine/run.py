@@ -26,7 +26,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from .._atomic import sweep_temporaries, write_csv_atomic, write_json_atomic, write_text_atomic
 from ..config import RunConfig, apply_overrides, check_config, config_from_dict, config_to_dict
 from ..errors import ConfigError, DataError
-from ..inference import InferenceSettings, evaluate_loader
+from ..inference import Ensemble, InferenceSettings, check_ensemble, evaluate_loader
 from ..metrics import summarize
 from ..models.registry import ENTRY_POINT_GROUP, available_models, host_import, host_source, import_modules
 from ..plan import PLAN_FILE, Plan
@@ -38,7 +38,7 @@ from .guard import RunGuard, RunLock, nearest_existing, slurm_requeue
 from .fingerprint import DATA_RECORD, absolute_paths, check_data, moved_data_hint, record_data, require_data_roots
 from .task import SegmentationTask
 
-__all__ = ["train", "evaluate_run", "load_task", "resume_config"]
+__all__ = ["train", "evaluate_run", "load_task", "resume_config", "evaluation_variant", "load_ensemble"]
 
 
 def _prepare_dir(run_dir: Path, resume: bool) -> None:
@@ -148,11 +148,12 @@ def _run_data(config: RunConfig, run_dir: Path, existing: bool, image_shift: str
 
 def _evaluate_splits(task, data, splits, device, plots_dir: Path | None, hd95: bool = True, config=None, *,
                      precision: str = "32-true", tta: bool | None = None, sw_batch_size: int | None = None,
-                     progress: bool = False) -> dict:
+                     progress: bool = False, model=None, postprocess: str = "none") -> dict:
     """Per-case and mean metrics of ``task.model`` (already on ``device``) on each of ``splits`` that ``data`` has;
     overlays of the test split into ``plots_dir``. ``precision``, ``tta`` and ``sw_batch_size`` (None: the run's
     ``train.mirror`` / ``train.sw_batch_size``) as in :class:`dragsaw.inference.InferenceSettings`; ``progress``
-    shows a bar per split on stderr."""
+    shows a bar per split on stderr. ``model`` (default ``task.model``) may be an ensemble of it and other runs;
+    ``postprocess`` as in :func:`dragsaw.inference.evaluate_loader`."""
     config = config or task.config
     settings = InferenceSettings.from_config(task.config, mirror=tta, sw_batch_size=sw_batch_size,
                                              precision=precision, plan=task.plan)
@@ -161,8 +162,8 @@ def _evaluate_splits(task, data, splits, device, plots_dir: Path | None, hd95: b
         if split not in data.eval_sets:
             continue
         per_case, items = evaluate_loader(
-            task.model, data.eval_loader(split), config.data.num_classes, device=device,
-            settings=settings, include_hd95=hd95,
+            task.model if model is None else model, data.eval_loader(split), config.data.num_classes, device=device,
+            settings=settings, include_hd95=hd95, postprocess=postprocess,
             overlays=8 if (plots_dir is not None and split == "test") else 0, regions=config.data.regions,
             progress=progress, description=f"evaluate {split}",
         )
@@ -627,18 +628,68 @@ def _own_data_config(task, run_dir: Path, overrides) -> RunConfig:
     return absolute_paths(config)
 
 
+def load_ensemble(first, ckpt: Path, others=()) -> tuple[torch.nn.Module, list[str]]:
+    """The model of ``first`` (a loaded task from ``ckpt``) alone, or with the runs ``others`` (run directories or
+    checkpoints) an :class:`dragsaw.inference.Ensemble`, after :func:`dragsaw.inference.check_ensemble`.
+
+    Returns:
+        ``(model, checkpoints)``: the model and the checkpoint paths of every member, first first.
+
+    Raises:
+        ConfigError: a run that cannot be loaded, or runs whose classes or preprocessing differ (naming the key and
+            both values).
+    """
+    others = list(others or ())
+    if not others:
+        return first.model, [str(ckpt)]
+    tasks, ckpts = [first], [ckpt]
+    for run in others:
+        task, path = load_task(run)
+        tasks.append(task)
+        ckpts.append(path)
+    check_ensemble([(str(path), task.plan) for task, path in zip(tasks, ckpts)])
+    return Ensemble([task.model for task in tasks]), [str(path) for path in ckpts]
+
+
+def evaluation_variant(*, shift: str | None = None, tta: bool = False, run_tta: bool = False, members: int = 1,
+                       postprocess: str = "none") -> str:
+    """The name of the folder under ``RUN/evaluation/`` of one way of evaluating a run ("" for the plain one: the
+    run's own test-time mirroring, one model, no post-processing), so that variants sit side by side: its parts,
+    joined by ``_``, are ``shift-NAME``, ``ensemble-N`` (N runs), ``tta`` / ``no-tta`` (when the mirroring differs
+    from the run's ``train.mirror``) and the post-processing (``largest-component``); e.g.
+    ``ensemble-3_tta_largest-component``."""
+    parts = [f"shift-{shift}"] if shift else []
+    if members > 1:
+        parts.append(f"ensemble-{members}")
+    if bool(tta) != bool(run_tta):
+        parts.append("tta" if tta else "no-tta")
+    if postprocess and postprocess != "none":
+        parts.append(postprocess)
+    return "_".join(parts)
+
+
 def evaluate_run(run_or_ckpt: str | Path, config: RunConfig | None = None, *, out: str | Path | None = None,
                  splits=("val", "test"), overrides=(), device: str | torch.device = "cpu",
                  precision: str = "32-true", tta: bool | None = None, sw_batch_size: int | None = None,
-                 progress: bool = False, shift: str | None = None) -> dict:
+                 progress: bool = False, shift: str | None = None, ensemble=(), postprocess: str = "none",
+                 check_out=None) -> dict:
     """Evaluate a trained run on its own data (``config=None``: its validation and test splits) or on another
     dataset's configuration (every case of that dataset, reported as ``test``).
 
     On its own data, the data must match the run's ``data.json``; ``overrides`` (only ``data.root=NEW`` and
     ``data.extra_root=NEW``) point the run at data that moved. Writes ``metrics.json`` (and overlays) to ``out``
     when given, else, for the run's own data, to ``<run>/evaluation/`` (``<run>/evaluation/shift-NAME/`` under a
-    ``shift``); ``metrics.json`` also records how the
-    model was applied (``"inference"``: device, precision, tta, sw_batch_size).
+    ``shift``); ``metrics.json`` also records how the model was applied (``"inference"``: device, precision, tta,
+    sw_batch_size, shift; ``"variant"``: name, ensemble (the members' checkpoints), ensemble_average, tta,
+    postprocess). Other ways of evaluating the same run go to sibling folders named by :func:`evaluation_variant`
+    (``<run>/evaluation/ensemble-3_tta_largest-component/``, ...), so their results never overwrite each other.
+
+    ``ensemble`` (other run directories or checkpoints) averages the softmax probabilities (not the logits) and the
+    UAFS maps of this run and those runs (each averaged over its own TTA flips first), on this run's data and
+    splits; the runs must agree on the classes and the preprocessing (:func:`dragsaw.inference.check_ensemble`).
+    ``postprocess`` (``"none"`` or ``"largest-component"``, see :data:`dragsaw.inference.POSTPROCESS`) is applied
+    to every native-geometry arg-max before scoring. ``check_out`` (a callable taking the output folder) is called
+    before anything is read, e.g. to check that the folder can be written.
 
     The model runs on ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or a
     :class:`torch.device`; see :func:`dragsaw.inference.resolve_device`) at ``precision`` (``"32-true"``,
@@ -655,14 +706,21 @@ def evaluate_run(run_or_ckpt: str | Path, config: RunConfig | None = None, *, ou
         ConfigError / DataError: bad overrides, data that moved or changed (with the fix), incompatible data, or a
             device / precision / sw_batch_size this machine cannot use (checked before anything is read).
     """
-    from ..inference import autocast_dtype, resolve_device
+    from ..inference import _check_postprocess, autocast_dtype, resolve_device
 
     device = resolve_device(device)
     autocast_dtype(precision, device)
+    postprocess = _check_postprocess(postprocess)
     task, ckpt = load_task(run_or_ckpt)
     settings = InferenceSettings.from_config(task.config, mirror=tta, sw_batch_size=sw_batch_size,
                                              precision=precision, plan=task.plan)  # checks sw_batch_size
+    model, members = load_ensemble(task, ckpt, ensemble)
     run_dir = ckpt.parent.parent
+    variant = evaluation_variant(shift=shift, tta=settings.mirror, run_tta=task.config.train.mirror,
+                                 members=len(members), postprocess=postprocess)
+    out_dir = Path(out) if out else run_dir / "evaluation" / variant
+    if check_out is not None:
+        check_out(out_dir)
     own = config is None
     if not own and overrides:
         raise ConfigError("evaluate_run: apply overrides to the other dataset's config before passing it.")
@@ -682,13 +740,15 @@ def evaluate_run(run_or_ckpt: str | Path, config: RunConfig | None = None, *, ou
         data = _run_data(config, run_dir, existing=True, image_shift=shift, plan=task.plan)
     else:  # another dataset: all of it is test data
         data = _data_module(config, None, evaluate_only=True, image_shift=shift, plan=task.plan)
-    out_dir = Path(out) if out else run_dir / "evaluation" / (f"shift-{shift}" if shift else "")
     out_dir.mkdir(parents=True, exist_ok=True)
-    task.to(device)
+    model.to(device)
     results = _evaluate_splits(task, data, splits, device, out_dir, config=config, precision=precision, tta=tta,
-                               sw_batch_size=sw_batch_size, progress=progress)
+                               sw_batch_size=sw_batch_size, progress=progress, model=model, postprocess=postprocess)
     payload = {"checkpoint": str(ckpt), "dataset": config.data.dataset, "root": config.data.root,
                "inference": {"device": str(device), "precision": settings.precision, "tta": settings.mirror,
-                             "sw_batch_size": settings.sw_batch_size, "shift": shift}, **results}
+                             "sw_batch_size": settings.sw_batch_size, "shift": shift},
+               "variant": {"name": variant or "default", "ensemble": members if len(members) > 1 else None,
+                           "ensemble_average": "softmax probabilities" if len(members) > 1 else None,
+                           "tta": settings.mirror, "postprocess": postprocess}, **results}
     write_json_atomic(payload, out_dir / "metrics.json")
     return payload

@@ -1,0 +1,285 @@
+"""Ensembles (mean softmax probabilities of several runs), test-time mirroring and largest-component
+post-processing, through the inference functions and through ``dragsaw predict`` / ``dragsaw evaluate``."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from dragsaw.data import write_folder
+from dragsaw.errors import ConfigError
+from dragsaw.inference import (Ensemble, InferenceSettings, check_ensemble, evaluate_loader, infer, infer_members,
+                               keep_largest_components, mean_probabilities, postprocess_prediction)
+from dragsaw.plan import Plan
+
+from _cli import run_cli
+from engine.conftest import FAST
+
+CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+
+
+def tiny_model(dims: int, seed: int, classes: int = 3) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(CONV[dims](1, 4, 3, padding=1), nn.ReLU(), CONV[dims](4, classes, 1)).eval()
+
+
+def batch_2d(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(2, 1, 8, 8, generator=g)
+    natives = [torch.randint(0, 3, (11, 7), generator=g), torch.randint(0, 3, (8, 8), generator=g)]
+    return {"image": images, "label_native": natives, "case_id": ["a", "b"],
+            "meta": [{"shape": tuple(n.shape), "path": "unused"} for n in natives]}
+
+
+def same(a: dict, b: dict) -> bool:
+    """Equal metric dicts, NaN equal to NaN."""
+    return a.keys() == b.keys() and all(
+        a[k] == b[k] or (isinstance(a[k], float) and math.isnan(a[k]) and math.isnan(b[k])) for k in a)
+
+
+# ------------------------------------------------------------------ averaging
+def test_the_same_model_twice_is_the_model_exactly():
+    model, batch = tiny_model(2, 0), batch_2d()
+    single, _ = evaluate_loader(model, [batch], 3, include_hd95=False)
+    double, _ = evaluate_loader(Ensemble([model, model]), [batch], 3, include_hd95=False)
+    assert all(same(a, b) for a, b in zip(single, double))
+    z = infer(model, batch["image"], InferenceSettings())[0]
+    members, unc = infer_members(Ensemble([model, copy.deepcopy(model)]), batch["image"], InferenceSettings())
+    assert unc is None and len(members) == 2
+    assert torch.equal(mean_probabilities(members), torch.softmax(z, 1))  # (p + p) / 2 == p, bit for bit
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_two_models_average_their_probabilities_not_their_logits(dims):
+    a, b = tiny_model(dims, 1), tiny_model(dims, 2)
+    x = torch.randn(1, 1, *([8] * dims), generator=torch.Generator().manual_seed(3))
+    settings = InferenceSettings(spatial_dims=dims, roi_size=(8,) * dims if dims == 3 else ())
+    members, _ = infer_members(Ensemble([a, b]), x, settings)
+    with torch.no_grad():
+        by_hand = (torch.softmax(a(x), 1) + torch.softmax(b(x), 1)) / 2
+        of_logits = torch.softmax((a(x) + b(x)) / 2, 1)
+    assert torch.allclose(mean_probabilities(members), by_hand, atol=1e-6)
+    assert not torch.allclose(by_hand, of_logits, atol=1e-4)
+    assert torch.allclose(Ensemble([a, b])(x), by_hand, atol=1e-6)
+
+
+def test_ensemble_native_prediction_is_the_argmax_of_the_mean_resized_probabilities():
+    a, b, batch = tiny_model(2, 4), tiny_model(2, 5), batch_2d(1)
+    per_case, _ = evaluate_loader(Ensemble([a, b]), [batch], 3, include_hd95=False)
+    from dragsaw.metrics import case_metrics
+
+    for i, case in enumerate(per_case):
+        size = tuple(batch["label_native"][i].shape)
+        with torch.no_grad():
+            probs = [torch.softmax(F.interpolate(m(batch["image"][i : i + 1]), size=size, mode="bilinear",
+                                                 align_corners=False), 1) for m in (a, b)]
+        pred = ((probs[0] + probs[1]) / 2)[0].argmax(0)
+        expected = case_metrics(pred, batch["label_native"][i], 3, include_hd95=False)
+        assert all(case[k] == pytest.approx(v, nan_ok=True) for k, v in expected.items())
+
+
+# ------------------------------------------------------------------ test-time mirroring
+class Symmetric(nn.Module):
+    """A flip-equivariant model: a 3x3 convolution whose kernels are symmetric under every flip."""
+
+    def __init__(self, dims: int) -> None:
+        super().__init__()
+        self.conv = CONV[dims](1, 2, 3, padding=1)
+        with torch.no_grad():
+            w = torch.randn_like(self.conv.weight)
+            for axis in range(2, w.ndim):
+                w = w + w.flip(axis)
+            self.conv.weight.copy_(w)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_tta_of_a_flip_equivariant_model_on_a_symmetric_input_changes_nothing(dims):
+    torch.manual_seed(dims)
+    model = Symmetric(dims).eval()
+    x = torch.randn(1, 1, *([6] * dims))
+    for axis in range(2, x.ndim):
+        x = x + x.flip(axis)  # symmetric under every flip
+    roi = (6,) * dims if dims == 3 else ()
+    plain, _ = infer(model, x, InferenceSettings(spatial_dims=dims, roi_size=roi))
+    mirrored, _ = infer(model, x, InferenceSettings(spatial_dims=dims, roi_size=roi, mirror=True))
+    # the flipped passes give the same logits up to summation order: equal to float32 rounding, same arg-max
+    assert torch.allclose(plain, mirrored, atol=1e-5)
+    assert torch.equal(plain.argmax(1), mirrored.argmax(1))
+
+
+# ------------------------------------------------------------------ largest component
+def test_largest_component_2d_keeps_the_bigger_blob_of_each_class():
+    mask = np.zeros((10, 12), np.uint8)
+    mask[1:3, 1:3] = 1  # 4 pixels
+    mask[5:9, 5:10] = 1  # 20 pixels: kept
+    mask[0, 11], mask[1, 10] = 2, 2  # two class-2 pixels touching only at a corner: separate (face connectivity)
+    mask[9, 0:3] = 2  # 3 pixels: kept
+    out = keep_largest_components(mask, 3)
+    expected = np.zeros_like(mask)
+    expected[5:9, 5:10] = 1
+    expected[9, 0:3] = 2
+    assert out.dtype == mask.dtype and np.array_equal(out, expected)
+    assert np.array_equal(postprocess_prediction(mask, 3, "none"), mask)
+
+
+def test_largest_component_3d_keeps_the_bigger_blob():
+    mask = torch.zeros(8, 8, 8, dtype=torch.int64)
+    mask[0:2, 0:2, 0:2] = 1  # 8 voxels
+    mask[4:8, 4:8, 4:7] = 1  # 48 voxels: kept
+    mask[2, 2, 2] = 1  # touches the small blob at a corner only
+    out = postprocess_prediction(mask, 2, "largest-component")
+    expected = torch.zeros_like(mask)
+    expected[4:8, 4:8, 4:7] = 1
+    assert type(out) is torch.Tensor and out.dtype == torch.int64 and torch.equal(out, expected)
+
+
+def test_unknown_postprocess_is_refused():
+    with pytest.raises(ConfigError, match="--postprocess 'biggest' is not a post-processing; use one of none, "
+                                          "largest-component"):
+        postprocess_prediction(np.zeros((2, 2)), 2, "biggest")
+
+
+# ------------------------------------------------------------------ mismatches
+def plan(**changes) -> Plan:
+    base = dict(spatial_dims=2, input_size=[32, 32], num_classes=2, in_channels=1, normalization="fixed",
+                mean=[0.5], std=[0.25])
+    return Plan(**{**base, **changes})
+
+
+@pytest.mark.parametrize("key, value, text", [
+    ("input_size", [48, 48], "input_size (a: [32, 32], b: [48, 48])"),
+    ("num_classes", 3, "num_classes (a: 2, b: 3)"),
+    ("spatial_dims", 3, "spatial_dims (a: 2, b: 3)"),
+    ("normalization", "zscore", "normalization (a: 'fixed', b: 'zscore')"),
+    ("target_spacing", [1.0, 1.0], "target_spacing (a: None, b: [1.0, 1.0])"),
+])
+def test_mismatched_plans_are_refused_naming_the_key_and_both_values(key, value, text):
+    with pytest.raises(ConfigError) as info:
+        check_ensemble([("a", plan()), ("a2", plan()), ("b", plan(**{key: value}))])
+    assert str(info.value) == (f"cannot ensemble a and b: their plans differ in {text}; an ensemble averages runs "
+                               "with the same classes and preprocessing (e.g. the folds or seeds of one experiment)")
+    check_ensemble([("a", plan()), ("b", plan(network={"name": "other"}))])  # the topology may differ
+
+
+# ------------------------------------------------------------------ end to end
+def train(data, out, *extra):
+    args = ["train", "--preset", "folder", "--profile", "cpu", "--data-root", str(data), "--out", str(out), "--quiet"]
+    for item in [*FAST, *extra]:
+        args += ["--set", item]
+    assert run_cli(args).code == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """12 training + 4 test synthetic pairs of 40x48 (as tests/engine/conftest.py's)."""
+    return write_folder(tmp_path_factory.mktemp("synth") / "data", n_train=12, n_test=4, size=(40, 48), seed=1)
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_folder, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ensemble-runs")
+    return train(tiny_folder, root / "a"), train(tiny_folder, root / "b", "train.seed=7")
+
+
+def member_probs(run, image):
+    """Foreground probability of one run at the image's native size (as predict computes it)."""
+    from dragsaw.engine import load_task
+
+    task, _ = load_task(run)
+    item = task.plan.reader(value_map=task.config.data.value_map).read_input(image)
+    logits, _ = infer(task.model, item["image"][None], InferenceSettings.from_config(task.config, plan=task.plan))
+    size = tuple(item["meta"]["shape"])
+    return torch.softmax(F.interpolate(logits, size=size, mode="bilinear", align_corners=False), 1)[0, 1].numpy()
+
+
+@pytest.mark.slow
+def test_predict_ensembles(runs, tiny_folder, tmp_path):
+    a, b = runs
+    image = sorted((tiny_folder / "test" / "images").iterdir())[0]
+    copy_of_a = tmp_path / "a-copy"
+    shutil.copytree(a, copy_of_a)
+    assert run_cli(["predict", str(a), str(image), "--out", str(tmp_path / "one")]).code == 0
+    # runs first (detected as run directories), then inputs; and --ensemble after the inputs
+    assert run_cli(["predict", str(a), str(copy_of_a), str(image), "--out", str(tmp_path / "twice")]).code == 0
+    assert run_cli(["predict", str(a), str(image), "--out", str(tmp_path / "opt"), "--ensemble", str(a)]).code == 0
+    for name in ("mask", "prob", "uncertainty"):
+        one = np.asarray(Image.open(tmp_path / "one" / f"{image.stem}_{name}.png"))
+        for other in ("twice", "opt"):
+            assert np.array_equal(one, np.asarray(Image.open(tmp_path / other / f"{image.stem}_{name}.png"))), name
+    result = run_cli(["predict", str(a), str(b), str(image), "--out", str(tmp_path / "ab")])
+    assert result.code == 0 and "mean probabilities of 2 runs" in result.out
+    prob = np.asarray(Image.open(tmp_path / "ab" / f"{image.stem}_prob.png")).astype(float)
+    by_hand = (member_probs(a, image) + member_probs(b, image)) / 2
+    assert np.abs(prob - by_hand * 255).max() <= 0.5 + 1e-3  # round(255 p) of the mean probability
+    mask = np.asarray(Image.open(tmp_path / "ab" / f"{image.stem}_mask.png"))
+    agree = (mask > 0) == (by_hand > 0.5)
+    assert agree.mean() > 0.999  # only ties at p == 0.5 up to rounding may differ
+    # post-processing: at most one foreground component, a subset of the plain mask
+    assert run_cli(["predict", str(a), str(b), str(image), "--out", str(tmp_path / "lcc"),
+                    "--postprocess", "largest-component"]).code == 0
+    kept = np.asarray(Image.open(tmp_path / "lcc" / f"{image.stem}_mask.png"))
+    assert np.array_equal(kept, keep_largest_components(mask // 255, 2) * 255)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "lcc" / f"{image.stem}_prob.png")),
+                          np.asarray(Image.open(tmp_path / "ab" / f"{image.stem}_prob.png")))
+
+
+@pytest.mark.slow
+def test_evaluate_variants_sit_side_by_side(runs, tmp_path, monkeypatch):
+    a, b = runs
+    assert run_cli(["evaluate", str(a)]).code == 0
+    assert run_cli(["evaluate", str(a), "--ensemble", str(a)]).code == 0
+    assert run_cli(["evaluate", str(a), "--ensemble", str(b), "--tta", "--postprocess", "largest-component"]).code == 0
+    folder = a / "evaluation"
+    plain = json.loads((folder / "metrics.json").read_text())
+    twice = json.loads((folder / "ensemble-2" / "metrics.json").read_text())
+    mixed = json.loads((folder / "ensemble-2_tta_largest-component" / "metrics.json").read_text())
+    assert plain["variant"] == {"name": "default", "ensemble": None, "ensemble_average": None, "tta": False,
+                                "postprocess": "none"}
+    assert twice["variant"]["name"] == "ensemble-2"
+    assert twice["variant"]["ensemble"] == [str(a / "checkpoints" / "best.ckpt")] * 2
+    assert mixed["variant"] == {"name": "ensemble-2_tta_largest-component", "ensemble_average": "softmax probabilities",
+                                "ensemble": [str(r / "checkpoints" / "best.ckpt") for r in (a, b)], "tta": True,
+                                "postprocess": "largest-component"}
+    assert mixed["inference"]["tta"] is True
+    for split in ("val", "test"):
+        assert all(same(x, y) for x, y in zip(plain[split]["per_case"], twice[split]["per_case"]))
+    # runs whose preprocessing differs are refused before anything is read
+    import dragsaw.engine.run as engine_run
+
+    loaded = engine_run.load_task
+
+    def other_size(path, which="best"):
+        task, ckpt = loaded(path, which)
+        if str(path) == str(b):
+            task.plan.input_size = [48, 48]
+        return task, ckpt
+
+    monkeypatch.setattr(engine_run, "load_task", other_size)
+    result = run_cli(["evaluate", str(a), "--ensemble", str(b), "--out", str(tmp_path / "no")])
+    assert result.code == 2
+    assert (f"cannot ensemble {a / 'checkpoints' / 'best.ckpt'} and {b / 'checkpoints' / 'best.ckpt'}: their plans "
+            "differ in input_size") in result.message
+    assert "[32, 32]" in result.message and "[48, 48]" in result.message
+    assert not (tmp_path / "no").exists()
+
+
+def test_predict_needs_an_input_after_the_runs(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "best.ckpt").write_bytes(b"x")
+    result = run_cli(["predict", str(run), str(run), "--out", str(tmp_path / "out")])
+    assert result.code == 2
+    assert f"predict got the run(s) {run}, {run} but no input" in result.message
