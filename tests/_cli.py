@@ -230,3 +230,17 @@ def unwritable_dir(tmp: Path) -> Path:
     locked.chmod(0o700)
     (tmp / "a_file").write_text("not a folder\n")
     return tmp / "a_file" / "out"
+
+
+def tiny_datasets(root: Path) -> dict:
+    """``{2: a grayscale folder dataset (32x32), 3: a 3-class 2-modality Decathlon task (48x48x32)}`` under
+    ``root``."""
+    return {2: gray_folder(root / "gray"), 3: tiny_task(root / "Task01", shape=(48, 48, 32))}
+
+
+def tiny_runs(data: dict, root: Path) -> dict:
+    """``{dims: a run trained one epoch on data[dims]}`` (train_argv's tiny settings) under ``root``."""
+    for dims in (2, 3):
+        result = run_cli(train_argv(dims, data[dims], root / f"run{dims}d"))
+        assert result.code == 0, result.err
+    return {dims: root / f"run{dims}d" for dims in (2, 3)}

@@ -19,7 +19,7 @@ from dragsaw.errors import ConfigError
 
 from _cli import (
     DECATHLON_FAULTS, PRESET, TABLE, broken_task, expected_outputs, gray_folder, predict_inputs_2d, predict_inputs_3d,
-    run_cli, tiny_task, train_argv, unwritable_dir, write_table,
+    run_cli, tiny_datasets, tiny_runs, tiny_task, train_argv, unwritable_dir, write_table,
 )
 from _corpus import CORPUS
 
@@ -36,18 +36,12 @@ def _write_table():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    """{2: a grayscale folder dataset (12 + 4 of 32x32), 3: a 3-class 2-modality Decathlon task}."""
-    root = tmp_path_factory.mktemp("data")
-    return {2: gray_folder(root / "gray"), 3: tiny_task(root / "Task01", shape=(48, 48, 32))}
+    return tiny_datasets(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")
 def runs(data, tmp_path_factory):
-    """{dims: a trained tiny run} (one epoch each)."""
-    root = tmp_path_factory.mktemp("runs")
-    for dims in (2, 3):
-        assert run_cli(train_argv(dims, data[dims], root / f"run{dims}d")).code == 0
-    return {dims: root / f"run{dims}d" for dims in (2, 3)}
+    return tiny_runs(data, tmp_path_factory.mktemp("runs"))
 
 
 def assert_paragraph(result, command: str, *words: str, code: int = 2) -> None:

@@ -15,7 +15,7 @@ from dragsaw.engine.run import load_task
 from dragsaw.export import TOLERANCE, _runner, reference_outputs
 from dragsaw.metrics import resize_logits_in_blocks
 
-from _cli import gray_folder, run_cli, tiny_task, train_argv, unwritable_dir
+from _cli import run_cli, tiny_datasets, tiny_runs, unwritable_dir
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -25,18 +25,12 @@ EXT = {"onnx": "onnx", "torchscript": "ts", "exported-program": "pt2"}
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    return {2: gray_folder(root / "gray"), 3: tiny_task(root / "Task01", shape=(48, 48, 32))}
+    return tiny_datasets(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")
 def runs(data, tmp_path_factory):
-    """{dims: a trained tiny run}: 2D U-Net [4, 8, 16] on 32x32, 3D DynUNet on 48x48x32 (both with UAFS)."""
-    root = tmp_path_factory.mktemp("runs")
-    for dims in (2, 3):
-        result = run_cli(train_argv(dims, data[dims], root / f"run{dims}d"))
-        assert result.code == 0, result.err
-    return {dims: root / f"run{dims}d" for dims in (2, 3)}
+    return tiny_runs(data, tmp_path_factory.mktemp("runs"))
 
 
 @pytest.mark.slow
