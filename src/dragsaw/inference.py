@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import hashlib
 import json
@@ -708,44 +709,52 @@ def _check_channels(path: Path, channels: int, in_channels: int | None, kind: st
         )
 
 
-class _Outputs:
+class _Outputs(abc.ABC):
     """What differs between predicting images and volumes, behind one interface: which files are inputs, how an
     input is checked and read, how per-case maps go back to the file's geometry, what files are written."""
 
     kind: str  # "2D image" / "volume"
     files: str  # what to give instead, in messages
 
+    @abc.abstractmethod
     def accepts(self, path: Path) -> bool:
-        raise NotImplementedError
+        """Whether ``path`` is an input of this kind (by its suffix)."""
 
+    @abc.abstractmethod
     def stem(self, path: Path) -> str:
-        raise NotImplementedError
+        """The name the outputs of ``path`` start with."""
 
+    @abc.abstractmethod
     def check_input(self, path: Path, in_channels: int | None) -> None:
-        raise NotImplementedError
+        """Raise a DataError naming ``path`` when it is no readable input with ``in_channels`` channels."""
 
+    @abc.abstractmethod
     def load(self, reader, path: Path) -> dict:
-        raise NotImplementedError
+        """``path`` read for the network by ``reader``: ``{"image": [1, C, *S], ...}``."""
 
+    @abc.abstractmethod
     def native_maps(self, logits: Sequence[torch.Tensor], unc: torch.Tensor | None, meta: dict):
         """Arg-max (int64), normalised softmax entropy (float32, tensors on the CPU) and UAFS map (or ``None``) of
         one case (``logits``: one ``[1, K, *S]`` per ensemble member, ``unc`` ``[1, 1, *S]``) in the file's own
         geometry ``meta["shape"]``; several members: of their mean softmax probabilities."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def spacing(self, meta: dict) -> list[float] | None:
-        raise NotImplementedError
+        """Voxel spacing in mm for HD95 (``None``: pixels)."""
 
+    @abc.abstractmethod
     def overlay_item(self, batch: dict, i: int, pred_pre: torch.Tensor, pred: torch.Tensor, native: torch.Tensor,
                      u_native, unc_pre: torch.Tensor | None) -> dict:
-        raise NotImplementedError
+        """One item for :func:`dragsaw.report.plot_overlays` from case ``i`` of ``batch``."""
 
+    @abc.abstractmethod
     def names(self, path: Path, num_classes: int, uncertainty: bool, probabilities: bool) -> list[str]:
-        raise NotImplementedError
+        """The names of the files :func:`predict_files` writes for ``path``."""
 
+    @abc.abstractmethod
     def predict(self, model, loaded: dict, path: Path, out_dir: Path, config, settings, device,
                 probabilities: bool, postprocess: str = "none") -> list[Path]:
-        raise NotImplementedError
+        """Predict one loaded input and write its files into ``out_dir``; returns their paths."""
 
 
 class _ImageOutputs(_Outputs):

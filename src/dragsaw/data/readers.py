@@ -15,6 +15,7 @@ where ``S`` is the network-space shape and ``S0`` the file's own.
 
 from __future__ import annotations
 
+import abc
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -40,7 +41,7 @@ __all__ = ["CaseReader", "ImageReader", "VolumeReader"]
 Transform = Callable[[dict], dict]
 
 
-class CaseReader:
+class CaseReader(abc.ABC):
     """The per-dimension part of the data pipeline (subclassed by :class:`ImageReader` and :class:`VolumeReader`).
 
     Attributes:
@@ -55,24 +56,24 @@ class CaseReader:
     num_classes: int
     input_size: tuple[int, ...]
 
+    @abc.abstractmethod
     def check(self, cases: Sequence[Case]) -> int:
         """Check ``cases`` from their headers (nothing decoded) and return their common channel count.
 
         Raises:
             DataError: unreadable headers or channel counts that differ (every bad file named).
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def read(self, case: Case, *, native: bool) -> dict[str, Any]:
         """One case in network space: ``{"image": float32 [C, *S], "label": int64 [*S], "meta": {...}}`` and, with
         ``native``, ``"label_native"``: int64 ``[*S0]`` in the file's own geometry. A case without a mask is a
         negative case (all background)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def transform(self, *, train: bool, seed: int | None = None, intensity: bool = False) -> Transform | None:
         """The per-item transform after :meth:`read` (augmentation in training, normalisation where it is not part
         of reading); ``None`` for none."""
-        raise NotImplementedError
 
     def read_input(self, path: str | Path) -> dict[str, Any]:
         """An unlabelled file read for prediction: ``{"image": float32 [C, *S] (transformed as in evaluation),
