@@ -153,6 +153,11 @@ class TrainConfig:
     sw_batch_size: int = 2  # 3D sliding-window inference: windows per forward
     mirror: bool = False  # inference: average over flips of every spatial axis (test-time mirroring; --tta/--no-tta)
     channels_last: bool = True  # keep conv weights and activations channels-last (oneDNN / tensor cores run faster)
+    # Experiment trackers (Lightning's loggers; dragsaw.engine.trackers, docs/trackers.md): csv (always written:
+    # log.csv and the reports read it), tensorboard, mlflow, wandb (the last two: pip install 'dragsaw[trackers]')
+    loggers: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])
+    experiment: str | None = None  # MLflow experiment / W&B project (default: the run's name)
+    tracking_uri: str | None = None  # MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite in RUN/mlflow.db)
 
 
 @dataclass
@@ -295,6 +300,7 @@ PDCR_ORIENTATIONS = ("intended", "reference-2d")  # as dragsaw.pdcr.loss.ORIENTA
 TAP_ROLES = ("encoder", "decoder")  # as dragsaw.models.base.ROLES
 PRECISIONS = ("32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true", "64-true", "64")
 """``train.precision`` values Lightning accepts without extra packages (``Trainer(precision=...)``)."""
+TRACKERS = ("csv", "tensorboard", "mlflow", "wandb")  # as dragsaw.engine.trackers.TRACKERS (config does not import it)
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 """``train.accelerator`` values (Lightning's accelerator names available without extra packages)."""
 
@@ -548,6 +554,12 @@ def _check_values(config: RunConfig, where: str) -> None:
                           "0.25 trains on a quarter of the training cases.")
     if config.data.subset_seed is not None and config.data.subset_seed < 0:
         raise ConfigError(f"{where}data.subset_seed must be an int >= 0 or null, got {config.data.subset_seed!r}.")
+    for name in config.train.loggers:
+        if name not in TRACKERS:
+            raise ConfigError(f"{where}train.loggers: unknown tracker {_kind(name)}.{did_you_mean(str(name), TRACKERS)} "
+                              f"Choose from {list(TRACKERS)}, e.g. --set 'train.loggers=[csv, mlflow]'.")
+    if len(set(config.train.loggers)) != len(config.train.loggers):
+        raise ConfigError(f"{where}train.loggers names a tracker twice: {config.train.loggers!r}; name each once.")
     for spec in config.model.imports:
         if not _MODULE_SPEC.match(spec) and not (spec.endswith(".py") and spec.strip() == spec and len(spec) > 3):
             raise ConfigError(f"{where}every entry of model.imports must be a module name (e.g. mypkg.hosts) or the "

@@ -21,7 +21,6 @@ from pathlib import Path
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from .._atomic import sweep_temporaries, write_csv_atomic, write_json_atomic, write_text_atomic
 from ..config import RunConfig, apply_overrides, check_config, config_from_dict, config_to_dict
@@ -33,6 +32,7 @@ from ..plan import PLAN_FILE, Plan
 from ..report import plot_learning_curves, plot_overlays
 from .callbacks import AtomicCheckpointIO, BestCheckpoint, StepStats, peak_memory_mb, read_best_record
 from .datamodule import SegmentationData, cases_for
+from .trackers import check_trackers, make_loggers
 from .distributed import SharedRunDir, launched_rank
 from .guard import RunGuard, RunLock, nearest_existing, slurm_requeue
 from .fingerprint import DATA_RECORD, absolute_paths, check_data, moved_data_hint, record_data, require_data_roots
@@ -244,10 +244,8 @@ def _setup(config: RunConfig, run_dir: Path, resume: bool, progress: bool, guard
         **_device_settings(config), max_epochs=tc.epochs, max_steps=tc.max_steps or -1,
         deterministic=tc.deterministic, check_val_every_n_epoch=tc.val_every, use_distributed_sampler=False,
         callbacks=[checkpoint, stats, SharedRunDir(run_dir, data.splits),
-                   *([guard.stop] if guard is not None else [])], logger=[
-            CSVLogger(save_dir=run_dir, name="", version="csv"),
-            TensorBoardLogger(save_dir=run_dir, name="tensorboard", version="", default_hp_metric=False),
-        ],
+                   *([guard.stop] if guard is not None else [])],
+        logger=make_loggers(config, run_dir, resume=resume, primary=primary),
         log_every_n_steps=max(1, min(20, task.hparams.steps_per_epoch)), enable_progress_bar=progress and primary,
         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=tc.limit_val_batches,
         default_root_dir=run_dir, plugins=[AtomicCheckpointIO()],
@@ -353,6 +351,7 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, progr
     absolute_paths(config)  # the run means the same data from any working directory
     check_config(config)  # configurations built in Python get the checks of presets and --set
     _import_hosts(config, lenient=resume)  # hosts of your own, before the data is planned for the host
+    check_trackers(config)  # a tracker's missing package stops the run before anything is written
     primary = launched_rank() == 0  # several processes: only rank 0 creates, locks and writes the run directory
     if primary:
         _prepare_dir(run_dir, resume)  # creates nothing
