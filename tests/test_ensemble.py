@@ -21,7 +21,7 @@ from dragsaw.inference import (Ensemble, InferenceSettings, check_ensemble, eval
                                keep_largest_components, mean_probabilities, postprocess_prediction)
 from dragsaw.plan import Plan
 
-from _cli import run_cli
+from _cli import run_cli, tiny_task, train_argv
 from engine.conftest import FAST
 
 CONV = {2: nn.Conv2d, 3: nn.Conv3d}
@@ -283,3 +283,54 @@ def test_predict_needs_an_input_after_the_runs(tmp_path):
     result = run_cli(["predict", str(run), str(run), "--out", str(tmp_path / "out")])
     assert result.code == 2
     assert f"predict got the run(s) {run}, {run} but no input" in result.message
+
+
+# ------------------------------------------------------------------ end to end in 3D
+@pytest.fixture(scope="module")
+def runs3d(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ensemble-3d")
+    task = tiny_task(root / "Task01", shape=(48, 48, 32))
+    for name, seed in (("a", 0), ("b", 7)):
+        result = run_cli(train_argv(3, task, root / name, f"train.seed={seed}"))
+        assert result.code == 0, result.err
+    return task, root / "a", root / "b"
+
+
+@pytest.mark.slow
+def test_predict_and_evaluate_ensembles_of_volumes(runs3d, tmp_path):
+    import nibabel as nib
+
+    task, a, b = runs3d
+    volume = sorted((task / "imagesTs").glob("*.nii.gz"))[0]
+    stem = volume.name[: -len(".nii.gz")]
+    outs = {}
+    for name, runs in (("a", [a]), ("b", [b]), ("ab", [a, b])):
+        result = run_cli(["predict", *map(str, runs), str(volume), "--out", str(tmp_path / name), "--probabilities"])
+        assert result.code == 0, result.err
+        outs[name] = {kind: nib.load(str(tmp_path / name / f"{stem}_{kind}.nii.gz"))
+                      for kind in ("seg", "probs", "uncertainty")}
+    source = nib.load(str(volume))
+    for kind in ("seg", "probs", "uncertainty"):  # every output in the input's geometry
+        assert outs["ab"][kind].shape[:3] == source.shape[:3]
+        assert np.allclose(outs["ab"][kind].affine, source.affine, atol=1e-5)
+    probs = {k: np.asarray(v["probs"].dataobj, dtype=np.float64) for k, v in outs.items()}
+    assert np.abs(probs["ab"] - (probs["a"] + probs["b"]) / 2).max() < 1e-5  # the mean of the members' probabilities
+    seg = np.asarray(outs["ab"]["seg"].dataobj)
+    argmax = probs["ab"].argmax(-1)
+    top2 = np.sort(probs["ab"], -1)[..., -2:]
+    clear = (top2[..., 1] - top2[..., 0]) > 1e-4  # away from ties, the mask is the argmax of the mean
+    assert np.array_equal(seg[clear], argmax[clear]) and clear.mean() > 0.99
+    unc = {k: np.asarray(v["uncertainty"].dataobj, dtype=np.float64) for k, v in outs.items()}
+    assert np.abs(unc["ab"] - (unc["a"] + unc["b"]) / 2).max() < 1e-5  # UAFS maps averaged too
+
+    # evaluate: the same run twice scores as the run; the mixed variant is recorded and scored per case
+    assert run_cli(["evaluate", str(a), "--out", str(tmp_path / "ev1")]).code == 0
+    assert run_cli(["evaluate", str(a), "--ensemble", str(a), "--out", str(tmp_path / "ev2")]).code == 0
+    result = run_cli(["evaluate", str(a), "--ensemble", str(b), "--tta", "--postprocess", "largest-component",
+                      "--out", str(tmp_path / "ev3")])
+    assert result.code == 0, result.err
+    one, twice, mixed = (json.loads((tmp_path / f"ev{i}" / "metrics.json").read_text()) for i in (1, 2, 3))
+    assert all(same(x, y) for x, y in zip(one["test"]["per_case"], twice["test"]["per_case"]))
+    assert mixed["variant"]["ensemble"] == [str(r / "checkpoints" / "best.ckpt") for r in (a, b)]
+    assert mixed["variant"]["tta"] is True and mixed["variant"]["postprocess"] == "largest-component"
+    assert len(mixed["test"]["per_case"]) == len(one["test"]["per_case"]) >= 1
