@@ -28,7 +28,7 @@ __all__ = ["main", "build_parser", "check_output_dir", "load_user_modules"]
 EXIT_ERROR = 2
 EXIT_INTERNAL = 3
 
-MODEL_COMMANDS = ("train", "evaluate", "predict", "benchmark")
+MODEL_COMMANDS = ("train", "evaluate", "predict", "benchmark", "taps")
 """The commands that build a model: they take ``--import`` and load the ``dragsaw.models`` entry points first."""
 
 INFERENCE_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
@@ -345,6 +345,32 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_taps(args) -> int:
+    """``dragsaw taps``: the configuration's host, where PDCR taps and UAFS sits in it, then every feature map of
+    the host by stride and role (:func:`dragsaw.taps.suggest`), to choose ``pdcr.layers`` / ``uafs.points``."""
+    from .engine.build import build_network
+    from .taps import format_suggestions, suggest
+
+    config = _config(args)
+    dims, size = config.model.spatial_dims, list(config.data.input_size)
+    channels = args.in_channels or (len(config.data.modalities or []) or 1 if dims == 3 else 3)
+    config.pdcr.enabled = config.uafs.enabled = True  # show both, whatever the preset's variant
+    net = build_network(config, channels)
+    params = sum(p.numel() for p in net.model.parameters())
+    print(f"host {config.model.name} ({dims}D, {params:,} parameters with UAFS) on an input [1, {channels}, "
+          f"*{size}] (data.input_size; --in-channels, --set data.input_size=... to change)")
+    print("PDCR taps " + ("(pdcr.layers):" if config.pdcr.layers is not None else "(the host's defaults):"))
+    for tap in net.taps:
+        print(f"  {tap.name:<32} {tap.role:<8} channels {tap.channels:<5} stride {'x'.join(map(str, tap.stride))}")
+    pairs = [list(p) for p in net.pdcr.cross_layers] if net.pdcr is not None else []
+    print(f"PDCR cross-layer pairs: {pairs or 'none'}")
+    print(f"UAFS after: {net.uafs_points or 'none'}")
+    records = suggest(net.model, [1, channels, *size], receptive_fields=args.receptive_fields)
+    print(f"\nfeature maps of the host{'' if args.all else ' (candidates; --all for every map)'}:")
+    print(format_suggestions(records, candidates_only=not args.all))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -475,6 +501,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default: the exporter's)")
     import_arg(export)
     export.set_defaults(func=cmd_export)
+
+    taps = sub.add_parser("taps", help="where PDCR and UAFS sit in a configuration's host, and every feature map of "
+                                       "the host by stride and role (to choose pdcr.layers, docs/user-hosts.md)")
+    taps.add_argument("--preset", required=True, help="preset name (`dragsaw presets`) or YAML file")
+    taps.add_argument("--profile", help="preset profile, e.g. cpu")
+    taps.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. model.name=segresnet")
+    taps.add_argument("--in-channels", type=int, metavar="N",
+                      help="input channels (default: 3 in 2D, the preset's modalities or 1 in 3D)")
+    taps.add_argument("--all", action="store_true", help="every feature map, not only the candidates")
+    taps.add_argument("--receptive-fields", action="store_true", help="measure each candidate's receptive field")
+    import_arg(taps)
+    taps.set_defaults(func=cmd_taps)
 
     presets = sub.add_parser("presets", help="list the presets")
     presets.set_defaults(func=cmd_presets)
