@@ -212,6 +212,8 @@ def cmd_predict(args) -> int:
     from .engine.run import load_ensemble
 
     model, _members = load_ensemble(task, ckpt, runs[1:])
+    from .data.io.formats import is_dicom_folder
+
     inputs: list[Path] = []
     for item in items:
         path = Path(item)
@@ -220,8 +222,7 @@ def cmd_predict(args) -> int:
                 ours = set(read_predict_manifest(path))
             except DragsawError:
                 ours = set()
-            files = sorted(p for p in path.iterdir()
-                           if p.is_file() and not p.name.startswith(".") and p.name not in ours)
+            files = [path] if is_dicom_folder(path) else input_files(path, skip=ours)
             if not files:
                 besides = " (besides the outputs of an earlier dragsaw predict)" if ours else ""
                 raise ConfigError(f"input folder {str(path)!r} holds no files{besides}; give image/volume files or a "
@@ -345,6 +346,23 @@ def cmd_export(args) -> int:
     return 0
 
 
+def input_files(folder: Path, skip: set[str] = frozenset()) -> list[Path]:
+    """The inputs in ``folder`` for ``predict``: its visible files and the DICOM series folders in it, sorted; not
+    the names in ``skip`` (an earlier predict's outputs) nor the data files of detached headers (``x.nhdr`` /
+    ``x.mhd`` beside ``x.raw``, ``x.raw.gz``, ``x.zraw``, ``x.img``), which are read through their header."""
+    from .data.io.formats import is_dicom_folder
+
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".") and p.name not in skip]
+    headers = {p.name[: -len(p.suffix)] for p in entries if p.suffix.lower() in (".nhdr", ".mhd")}
+
+    def detached_data(name: str) -> bool:
+        suffix = next((s for s in (".raw.gz", ".raw", ".zraw", ".img.gz", ".img") if name.lower().endswith(s)), None)
+        return suffix is not None and name[: -len(suffix)] in headers
+
+    return sorted(p for p in entries
+                  if (p.is_file() and not detached_data(p.name)) or (p.is_dir() and is_dicom_folder(p)))
+
+
 def cmd_taps(args) -> int:
     """``dragsaw taps``: the configuration's host, where PDCR taps and UAFS sits in it, then every feature map of
     the host by stride and role (:func:`dragsaw.taps.suggest`), to choose ``pdcr.layers`` / ``uafs.points``."""
@@ -353,7 +371,7 @@ def cmd_taps(args) -> int:
 
     config = _config(args)
     dims, size = config.model.spatial_dims, list(config.data.input_size)
-    channels = args.in_channels or (len(config.data.modalities or []) or 1 if dims == 3 else 3)
+    channels = args.in_channels or len(config.data.modalities or []) or 1
     config.pdcr.enabled = config.uafs.enabled = True  # show both, whatever the preset's variant
     net = build_network(config, channels)
     params = sum(p.numel() for p in net.model.parameters())
@@ -508,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     taps.add_argument("--profile", help="preset profile, e.g. cpu")
     taps.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. model.name=segresnet")
     taps.add_argument("--in-channels", type=int, metavar="N",
-                      help="input channels (default: 3 in 2D, the preset's modalities or 1 in 3D)")
+                      help="input channels (default: the preset's modalities, else 1; strides do not depend on it)")
     taps.add_argument("--all", action="store_true", help="every feature map, not only the candidates")
     taps.add_argument("--receptive-fields", action="store_true", help="measure each candidate's receptive field")
     import_arg(taps)

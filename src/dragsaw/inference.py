@@ -30,6 +30,8 @@ from ._atomic import atomic_file, write_json_atomic
 from .data import (image_channels, read_image,
                    to_original_geometry, write_nifti)
 from .data.io.files import require_file
+from .data.io.formats import NIFTI, is_volume, match_volume_format, volume_stem
+from .data.io.volumes import read_header
 from .data.transforms.intensity import LINEAR_MODES
 from .errors import ConfigError, DataError, DragsawError
 from .metrics import case_metrics, error_auroc, resize_logits_in_blocks, softmax_entropy
@@ -611,11 +613,8 @@ def overlay_step(shape: Sequence[int]) -> int:
 
 
 def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
+    """A volume's case name (:func:`dragsaw.data.io.formats.volume_stem`), else the file stem."""
+    return volume_stem(path) or path.stem
 
 
 _INPUT_ERRORS = (DragsawError, OSError, ValueError, RuntimeError)
@@ -697,7 +696,9 @@ def _predict_volume(model, loaded: dict, path: Path, out_dir: Path, config, sett
 
 
 def _check_file(path: Path) -> None:
-    """Raise a :class:`DataError` naming ``path`` when it is missing or empty."""
+    """Raise a :class:`DataError` naming ``path`` when it is missing or empty (a DICOM series folder passes)."""
+    if path.is_dir() and is_volume(path):
+        return
     require_file(path, "input", missing_fix="check the path", empty_fix="copy or export it again")
 
 
@@ -761,7 +762,7 @@ class _ImageOutputs(_Outputs):
     kind, files = "2D image", "image files"
 
     def accepts(self, path: Path) -> bool:
-        return not path.name.endswith((".nii", ".nii.gz"))
+        return not is_volume(path)
 
     def stem(self, path: Path) -> str:
         return path.stem
@@ -798,7 +799,7 @@ class _VolumeOutputs(_Outputs):
     kind, files = "volume", "NIfTI volumes"
 
     def accepts(self, path: Path) -> bool:
-        return path.name.endswith((".nii", ".nii.gz"))
+        return is_volume(path)
 
     def stem(self, path: Path) -> str:
         return _stem(path)
@@ -806,6 +807,10 @@ class _VolumeOutputs(_Outputs):
     def check_input(self, path: Path, in_channels: int | None) -> None:
         import nibabel as nib
 
+        if match_volume_format(path) is not NIFTI:  # NRRD, DICOM series, MetaImage: DataError names the fix
+            head = read_header(path, "input")
+            _check_channels(path, head.channels, in_channels, "volumes")
+            return
         try:
             shape = nib.load(str(path)).shape
         except Exception as exc:
@@ -985,9 +990,10 @@ def predict_files(
 
     2D images, per ``<stem>``: ``_mask.png`` (native size; {0,255} for binary, class indices otherwise),
     ``_prob.png`` (foreground probability; ``_probs.npy`` [K,H,W] for multi-class), ``_uncertainty.png`` (UAFS
-    map, when the model has UAFS) and ``_overlay.png`` (a preview, subsampled to at most 2048 pixels on its long side). Volumes (``.nii``/``.nii.gz``): ``_seg.nii.gz`` in the
-    input's geometry (same shape and affine), ``_uncertainty.nii.gz`` with UAFS, ``_probs.nii.gz`` (channels last)
-    with ``probabilities``.
+    map, when the model has UAFS) and ``_overlay.png`` (a preview, subsampled to at most 2048 pixels on its long side). Volumes (``.nii``/``.nii.gz``; with
+    ``dragsaw[formats]`` also NRRD and DICOM series folders, with ``dragsaw[itk]`` MetaImage, see :mod:`dragsaw.data.io.formats`):
+    ``_seg.nii.gz`` in the input's geometry (same shape, and the input's affine in RAS), whatever the input's
+    format, ``_uncertainty.nii.gz`` with UAFS, ``_probs.nii.gz`` (channels last) with ``probabilities``.
 
     Bad inputs do not stop the others: they are returned as ``{path: reason}`` and nothing is written for them
     (each input's outputs are made in a hidden folder inside ``out_dir`` and moved out only when all are complete).
@@ -1043,7 +1049,7 @@ def predict_files(
     for path in inputs:
         stem = outputs.stem(path)
         if not outputs.accepts(path):
-            given = "volume" if path.name.endswith((".nii", ".nii.gz")) else "2D image"
+            given = "volume" if is_volume(path) else "2D image"
             failures[str(path)] = (f"a {given} given to a {settings.spatial_dims}D model; give {outputs.files}")
             continue
         if stem in stems:

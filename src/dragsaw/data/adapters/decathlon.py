@@ -14,7 +14,11 @@ Rules: the training cases are the entries of ``"training"`` (nnU-Net v2 omits th
 file in ``imagesTr`` and every label in ``labelsTr`` must belong to a listed case. Test cases form a ``"test"``
 split only when ``labelsTs/`` exists (each listed test image then needs its label); otherwise they are left out
 with a warning and :func:`~dragsaw.data.splits.resolve_splits` carves a seeded test split from the training cases.
-Only NIfTI headers are read here (to check channel counts and shapes), never voxel data.
+Only headers are read here (to check channel counts and shapes), never voxel data.
+
+Volumes may be NIfTI (``.nii.gz``, ``.nii``) or, with ``pip install 'dragsaw[formats]'``, NRRD (``.nrrd``,
+``.nhdr``) or DICOM series (one folder of ``.dcm`` files per volume, named like the case, e.g. ``imagesTr/case_001/``; with
+``dragsaw[itk]`` also MetaImage, ``.mha``, ``.mhd``); dataset.json lists them by those names (:mod:`dragsaw.data.io.formats`).
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ import numpy as np
 from dragsaw._checks import is_int
 from dragsaw.data.adapters.registry import CasesBySplit, register_dataset
 from dragsaw.data.cases import Case
-from dragsaw.data.io.volumes import check_case_geometry, nifti_stem
+from dragsaw.data.io.formats import is_dicom_folder, supported_volumes, volume_stem
+from dragsaw.data.io.volumes import check_case_geometry
 from dragsaw.errors import ConfigError, DataError
 
 __all__ = ["decathlon", "dataset_properties", "ANISOTROPY_RATIO"]
@@ -83,11 +88,13 @@ def _labels(meta: dict, path: Path) -> tuple[str, ...]:
     return _index_dict(labels, "labels", path)
 
 
-def _visible_nifti(folder: Path) -> dict[str, Path]:
-    """{file name: path} of the visible NIfTI files in ``folder`` (empty when it does not exist)."""
+def _visible_volumes(folder: Path) -> dict[str, Path]:
+    """{name: path} of the visible volumes in ``folder``: files of a volume format, DICOM series folders (empty
+    when ``folder`` does not exist)."""
     if not folder.is_dir():
         return {}
-    return {p.name: p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and nifti_stem(p)}
+    return {p.name: p for p in folder.iterdir()
+            if (p.is_file() or is_dicom_folder(p)) and not p.name.startswith(".") and volume_stem(p)}
 
 
 def _rel(root: Path, value: Any, what: str) -> Path:
@@ -100,10 +107,10 @@ def _rel(root: Path, value: Any, what: str) -> Path:
 
 def _channel_files(image: Path, n_modalities: int, case_id: str, listing: dict[str, Path]) -> tuple[Path, ...]:
     """nnU-Net raw channel files of ``image`` (``<case>_0000<suffix>``, ``_0001`` ...); () when there are none."""
-    suffix = image.name[len(nifti_stem(image) or "") :]
+    suffix = image.name[len(volume_stem(image) or "") :]
     found = {}
     for name, path in listing.items():
-        m = _CHANNEL.match(nifti_stem(name) or "")
+        m = _CHANNEL.match(volume_stem(path) or "")
         if m and m["case"] == case_id and name.endswith(suffix):
             found[int(m["index"])] = path
     if found and sorted(found) != list(range(n_modalities)):
@@ -119,13 +126,14 @@ def _channel_files(image: Path, n_modalities: int, case_id: str, listing: dict[s
 def _case(
     root: Path, image: Path, label: Path | None, extra: dict, listing: dict[str, Path], used: set[Path]
 ) -> tuple[Case, str]:
-    case_id = nifti_stem(image)
+    case_id = volume_stem(image)
     if case_id is None:
-        raise DataError(f"{root / 'dataset.json'} lists {image}, which is not a NIfTI file", fix="repair dataset.json")
+        raise DataError(f"{root / 'dataset.json'} lists {image}, which is not a NIfTI file nor another volume format "
+                        f"dragsaw reads ({supported_volumes()})", fix="repair dataset.json")
     if label is not None and not label.is_file():
         raise DataError(f"case {case_id!r}: its label {label} does not exist", fix=_FIX)
     n = len(extra["modalities"])
-    if image.is_file():
+    if image.is_file() or is_dicom_folder(image):
         case, layout = Case(case_id, image, label, {**extra, "layout": "msd"}), "msd"
         used.add(image)
     else:
@@ -156,9 +164,9 @@ def _orphans(folder: Path, listing: dict[str, Path], used: set[Path], what: str)
 def _training_entries(meta: dict, root: Path) -> list[tuple[Path, Path]]:
     entries = meta.get("training")
     if entries is None:  # nnU-Net v2: no list, the cases are the label files
-        labels = _visible_nifti(root / "labelsTr")
+        labels = _visible_volumes(root / "labelsTr")
         ending = meta.get("file_ending", ".nii.gz")
-        return [(root / "imagesTr" / (nifti_stem(n) + ending), p) for n, p in sorted(labels.items())]  # type: ignore
+        return [(root / "imagesTr" / (volume_stem(p) + ending), p) for n, p in sorted(labels.items())]  # type: ignore
     if not isinstance(entries, list):
         raise DataError(f"{root / 'dataset.json'}: 'training' must be a list, got {type(entries).__name__}")
     out = []
@@ -221,7 +229,7 @@ def decathlon(root: str | Path) -> CasesBySplit:
     for sub in ("imagesTr", "labelsTr"):
         if not (root / sub).is_dir():
             raise DataError(f"folder {root / sub} does not exist; expected the training {sub[:-2]} there", fix=_FIX)
-    images, labels = _visible_nifti(root / "imagesTr"), _visible_nifti(root / "labelsTr")
+    images, labels = _visible_volumes(root / "imagesTr"), _visible_volumes(root / "labelsTr")
     used: set[Path] = set()
     train, layouts = [], set()
     for image, label in _training_entries(meta, root):
@@ -245,7 +253,7 @@ def decathlon(root: str | Path) -> CasesBySplit:
             stacklevel=2,
         )
     elif tests:
-        ts_images, ts_labels = _visible_nifti(root / "imagesTs"), _visible_nifti(root / "labelsTs")
+        ts_images, ts_labels = _visible_volumes(root / "imagesTs"), _visible_volumes(root / "labelsTs")
         used_ts: set[Path] = set()
         cases = []
         for image in tests:
@@ -271,7 +279,7 @@ def _target_spacing(spacings: np.ndarray) -> tuple[np.ndarray, int | None]:
 
 
 def dataset_properties(cases: Sequence[Case], *, modalities: Sequence[str] | None = None) -> dict[str, Any]:
-    """Spacing and shape statistics from the NIfTI headers (no voxel data), and the target spacing.
+    """Spacing and shape statistics from the volumes' headers (no voxel data), and the target spacing.
 
     Spacings and shapes are given along the RAS axes that preprocessing reorients to (``"spacing"``, ``"shape"``)
     and in the file's own axis order (``"spacing_file"``, ``"shape_file"``).

@@ -5,8 +5,10 @@ bad file raises: each becomes a :class:`Problem` (``error``, ``warning`` or ``in
 wrong and how to fix it, collected in a :class:`VerifyReport` with summary counts.
 
 2D files (PNG, JPEG, BMP, TIFF) are read with the same functions as training (:mod:`dragsaw.data.io.images`), so what
-passes here also reads there. Volumes (``.nii``/``.nii.gz``) are checked with nibabel: header, image/label shape,
-affine (within 1e-3 of a voxel), non-finite voxels, label values and spacing outliers.
+passes here also reads there. Volumes (NIfTI ``.nii``/``.nii.gz``, and with ``dragsaw[formats]`` NRRD, DICOM series
+folders and MetaImage: :mod:`dragsaw.data.io.formats`) are checked from their headers (nibabel for NIfTI,
+:func:`dragsaw.data.io.volumes.read_header` for the others, which also checks a DICOM folder's series and slice
+spacing): image/label shape, affine (within 1e-3 of a voxel), non-finite voxels, label values and spacing outliers.
 
 Two depths: ``quick=False`` decodes every file. ``quick=True`` (run before each training) reads only headers
 (size, mode, channels, frames; file tails for truncation) plus the pixels of a seeded sample of at most
@@ -26,6 +28,7 @@ import numpy as np
 
 from dragsaw.data.adapters import find_cases
 from dragsaw.data.cases import Case
+from dragsaw.data.io.formats import is_volume
 from dragsaw.data.io.labels import map_mask_values
 from dragsaw.data.verify.files import FileScan
 from dragsaw.data.verify.problems import Level, Problem, VerifyReport
@@ -102,11 +105,6 @@ def _digest(path: Path, whole: bool) -> str | None:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def _is_volume(path: Path) -> bool:
-    name = path.name.lower()
-    return name.endswith(".nii") or name.endswith(".nii.gz")
-
-
 def verify_cases(
     cases_by_split: dict[str, list[Case]],
     *,
@@ -118,7 +116,7 @@ def verify_cases(
     """Check every case of a dataset; each bad file becomes a :class:`Problem`, nothing raises for it.
 
     Args:
-        cases_by_split: ``{split: [Case, ...]}`` as the adapters return it; 2D and NIfTI cases may be mixed.
+        cases_by_split: ``{split: [Case, ...]}`` as the adapters return it; 2D and volume cases may be mixed.
         num_classes: K, background included (2 for binary).
         value_map: Optional {stored mask value: class index}, as in :func:`dragsaw.data.io.images.read_mask`.
         quick: Header checks for every case plus the pixels of a seeded sample of :data:`QUICK_SAMPLE` cases
@@ -141,7 +139,7 @@ def verify_cases(
     scan = FileScan(num_classes, value_map)
     for i, (_, case) in enumerate(located):
         decode = not quick or i in sample
-        (scan.case3d if _is_volume(case.image) else scan.case2d)(case, decode)
+        (scan.case3d if is_volume(case.image) else scan.case2d)(case, decode)
     _dataset_checks(scan, located)
     if not located:
         scan.add("error", "<dataset>", "the dataset holds no cases", "check the dataset root and layout", "empty")

@@ -1,8 +1,9 @@
 """Per-file checks behind :func:`dragsaw.data.verify.verify_cases`: one scanner that records findings, never raises.
 
 :class:`FileScan` checks one case at a time, 2D (Pillow headers, then :mod:`dragsaw.data.io.images` decoding) or volume
-(nibabel headers, then voxel data), and accumulates :class:`~dragsaw.data.verify.Problem` findings and the counts
-the report prints. Dataset-level checks (channel consistency, spacing outliers, duplicates) live in
+(headers: nibabel for NIfTI, :func:`dragsaw.data.io.volumes.read_header` for the other formats of
+:mod:`dragsaw.data.io.formats`; then voxel data), and accumulates :class:`~dragsaw.data.verify.Problem` findings
+and the counts the report prints. Dataset-level checks (channel consistency, spacing outliers, duplicates) live in
 :mod:`dragsaw.data.verify`, which also holds the public API.
 """
 
@@ -16,8 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from dragsaw.data.cases import Case
+from dragsaw.data.io.formats import NIFTI, NRRD, match_volume_format
 from dragsaw.data.io.images import check_same_size, image_channels, open_image, read_image, read_mask
 from dragsaw.data.io.labels import map_mask_values
+from dragsaw.data.io.volumes import VolumeHeader, read_header, read_nrrd_header, read_voxels
 from dragsaw.data.verify.problems import Level, Problem
 from dragsaw.errors import ConfigError, DataError
 
@@ -28,6 +31,64 @@ _END_MARKERS = {"PNG": b"IEND", "JPEG": b"\xff\xd9"}  # must appear in the last 
 _TAIL = 4096
 _MASK_PREFIX = {"I": "32-bit mask: ", "P": "palette mask: "}  # prepended to value errors of such masks
 _AFFINE_TOL = 1e-3  # of the largest voxel size
+_GZIP = ("gzip", "gz")
+
+
+class _Volume:
+    """A non-NIfTI volume seen through the parts of a nibabel image the 3D checks use: ``shape`` (``(X, Y, Z)`` or
+    ``(X, Y, Z, C)``), ``affine`` (RAS), ``zooms`` and ``dataobj`` (the voxels, read on access)."""
+
+    def __init__(self, head: VolumeHeader, what: str) -> None:
+        self.head, self.what = head, what
+        self.shape = head.shape + ((head.channels,) if head.channels != 1 else ())
+        self.affine = head.affine
+        self.zooms = head.spacing
+
+    @property
+    def dataobj(self) -> np.ndarray:
+        try:
+            return read_voxels(self.head.path, self.what)
+        except DataError as exc:  # reported as unreadable voxel data by the caller
+            raise RuntimeError(exc.what) from exc
+
+
+def _zooms(img) -> tuple[float, ...]:
+    return tuple(float(z) for z in (img.zooms if isinstance(img, _Volume) else img.header.get_zooms())[:3])
+
+
+def _nrrd_itemsize(kind: str) -> int:
+    kind = kind.lower()
+    if "char" in kind or kind.endswith("int8") or kind.endswith("int8_t"):
+        return 1
+    if "short" in kind or "16" in kind:
+        return 2
+    if "long" in kind or "64" in kind or "double" in kind:
+        return 8
+    return 4  # int, uint, float, (u)int32
+
+
+def _nrrd_tail(path: Path, shape: tuple[int, ...], what: str) -> bool:
+    """Raise DataError when a raw NRRD holds fewer bytes than its header needs; True when a gzip NRRD's trailer
+    disagrees with the size its header needs (likely truncated: decode it)."""
+    import nrrd
+
+    header = read_nrrd_header(path, what)
+    if header.get("data file", header.get("datafile")) is not None or int(header.get("byte skip", 0) or 0):
+        return False  # detached or skipped data: left to decoding
+    with open(path, "rb") as fh:
+        nrrd.read_header(fh)
+        offset = fh.tell()
+    expected = int(np.prod(shape)) * _nrrd_itemsize(str(header.get("type", "")))
+    size = path.stat().st_size
+    encoding = str(header.get("encoding", "raw")).lower()
+    if encoding == "raw" and size - offset < expected:
+        raise DataError(f"{what} file {path} holds {size - offset} bytes of voxel data but its header needs "
+                        f"{expected} (truncated)", fix="re-export or re-download it")
+    if encoding in _GZIP:
+        with open(path, "rb") as fh:
+            fh.seek(-4, 2)
+            return int.from_bytes(fh.read(4), "little") != expected % 2**32
+    return False
 
 
 class FileScan:
@@ -216,9 +277,22 @@ class FileScan:
 
     # ------------------------------------------------------------------ 3D
     def header3d(self, path: Path, what: str) -> tuple[object | None, bool]:
-        """``(nibabel image, looks truncated)`` from the header (data not read); None after reporting a problem."""
+        """``(image, looks truncated)`` from the header (data not read); None after reporting a problem.
+
+        The image is a nibabel image for NIfTI (and names of no volume format), else a view of
+        :func:`dragsaw.data.io.volumes.read_header`'s result with the same ``shape``, ``affine`` and ``dataobj``.
+        A raw NRRD shorter than its header needs is an error; a gzip NRRD whose trailer disagrees is "truncated".
+        """
         import nibabel as nib
 
+        if match_volume_format(path) not in (None, NIFTI):
+            try:
+                head = read_header(path, what)
+                suspicious = _nrrd_tail(path, head.shape, what) if match_volume_format(path) is NRRD else False
+            except DataError as exc:
+                self.bad(path, exc)
+                return None, False
+            return _Volume(head, what), suspicious
         try:
             if not path.is_file() or path.stat().st_size == 0:
                 raise DataError(f"{what} file {path} is missing or empty (0 bytes)", fix="check the dataset files")
@@ -286,7 +360,7 @@ class FileScan:
         if img is not None:
             self.channels[case.image] = sum(h.shape[3] if len(h.shape) == 4 else 1 for _, h in heads)
             self.sizes["x".join(map(str, img.shape[:3]))] += 1
-            self.spacings[case.image] = tuple(float(z) for z in img.header.get_zooms()[:3])
+            self.spacings[case.image] = _zooms(img)
         labels = []
         for path in case.mask_files():
             self.masks.add(path)
