@@ -218,7 +218,7 @@ def test_large_image_is_predicted_in_bands(tmp_path, monkeypatch):
         return out
 
     def skip_overlay(image, pred, out_png, uncertainty=None, **_):  # encoding a 4000 x 8000 RGB PNG is slow
-        step = inference.overlay_step((height, width))  # the preview is subsampled (bounded memory)
+        step = inference.outputs.overlay_step((height, width))  # the preview is subsampled (bounded memory)
         small = (-(-height // step), -(-width // step))
         assert step > 1 and pred.shape == small and uncertainty.shape == small
         out_png.write_bytes(b"")
@@ -236,10 +236,10 @@ def test_large_image_is_predicted_in_bands(tmp_path, monkeypatch):
         return path
 
     monkeypatch.setattr(ImageReader, "read_input", input_only)
-    monkeypatch.setattr(inference, "infer", infer_then_arm)
-    monkeypatch.setattr(inference, "save_overlay_png", skip_overlay)
-    monkeypatch.setattr(inference, "save_png_atomic", skip_png)
-    monkeypatch.setattr(inference, "read_image", lambda path: np.zeros((3, 1, 1), np.float32))  # for the overlay
+    monkeypatch.setattr(inference.ensemble, "infer", infer_then_arm)
+    monkeypatch.setattr(inference.outputs, "save_overlay_png", skip_overlay)
+    monkeypatch.setattr(inference.outputs, "save_png_atomic", skip_png)
+    monkeypatch.setattr(inference.outputs, "read_image", lambda path: np.zeros((3, 1, 1), np.float32))  # overlay
     monkeypatch.setattr(metrics, "RESIZE_BLOCK_PIXELS", limit)
     with record:
         written, failures = predict_files(model, [image], tmp_path / "out", config)
@@ -254,7 +254,7 @@ def test_large_image_is_predicted_in_bands(tmp_path, monkeypatch):
 def test_overlay_of_a_large_image_is_a_bounded_preview(tmp_path):
     from PIL import Image
 
-    from dragsaw.inference import OVERLAY_MAX_SIDE, _write_prediction, overlay_step
+    from dragsaw.inference.outputs import OVERLAY_MAX_SIDE, _write_prediction, overlay_step
 
     assert overlay_step((OVERLAY_MAX_SIDE, 10)) == 1 and overlay_step((OVERLAY_MAX_SIDE + 1, 10)) == 2
     assert overlay_step((3 * OVERLAY_MAX_SIDE, 5000)) == 3

@@ -91,7 +91,7 @@ def tiny_3d(kernel: int = 3) -> nn.Module:
 
 def test_resolve_device_on_this_machine(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(inference, "_mps_available", lambda: False)
+    monkeypatch.setattr(inference.device, "_mps_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu") == resolve_device("cpu") == resolve_device(" CPU ")
     assert resolve_device(torch.device("cpu")) == torch.device("cpu")
     with pytest.raises(ConfigError) as err:
@@ -156,7 +156,7 @@ def test_precision_values():
 
 def test_precision_refused_where_torch_disables_autocast(monkeypatch):
     """torch only warns (and turns autocast off) for a dtype a device cannot autocast: that must not pass silently."""
-    monkeypatch.setitem(inference._AUTOCAST_DTYPES, "16-mixed", torch.float64)  # a dtype CPU autocast refuses
+    monkeypatch.setitem(inference.device._AUTOCAST_DTYPES, "16-mixed", torch.float64)  # a dtype CPU autocast refuses
     with pytest.raises(ConfigError, match=r"--precision 16-mixed is not supported on cpu .*use --precision 32-true"):
         autocast_dtype("16-mixed", "cpu")
 

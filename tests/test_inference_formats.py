@@ -7,7 +7,7 @@ import pytest
 
 from dragsaw.data.readers import VolumeReader
 from dragsaw.errors import DataError
-from dragsaw.inference import _check_file, _outputs
+from dragsaw.inference.outputs import check_input_file as _check_file, outputs_for as _outputs
 
 from data._formats3d import nifti, write_dicom_series, write_nrrd
 from data._volumes3d import make_affine, make_volume

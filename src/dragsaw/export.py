@@ -149,14 +149,14 @@ class ExportWrapper(nn.Module):
 def reference_outputs(model: nn.Module, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The PyTorch model's probabilities and uncertainty on ``image``, the way :func:`dragsaw.inference.infer` makes
     them (recording UAFS blocks, the finest map resized); zeros for the uncertainty of a model without UAFS."""
-    from .inference import _forward_with_uncertainty, record_uncertainty
+    from .inference.forward import forward_with_uncertainty, record_uncertainty
 
     weights = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     was_training = model.training
     model.eval()
     has_uafs = record_uncertainty(model, True) > 0
     try:
-        out = _forward_with_uncertainty(model, image.to(weights))
+        out = forward_with_uncertainty(model, image.to(weights))
     finally:
         record_uncertainty(model, False)
         model.train(was_training)

@@ -71,10 +71,10 @@ def test_metrics_are_per_class_in_the_original_geometry(run3d, task_dir, tmp_pat
     assert (run3d / "plots" / "test_overlays.png").is_file()
 
     # evaluate again, recording what every case is scored on and the geometry its prediction is mapped back to
-    from dragsaw import inference
+    from dragsaw.inference import evaluate as scoring, outputs
 
     scored, geometry = [], {}
-    case_metrics, to_original = inference.case_metrics, inference.to_original_geometry
+    case_metrics, to_original = scoring.case_metrics, outputs.to_original_geometry
 
     def spy_metrics(pred, target, num_classes, **kwargs):
         if num_classes == 3:  # the per-class scores (regions are scored as 2-class maps)
@@ -85,8 +85,8 @@ def test_metrics_are_per_class_in_the_original_geometry(run3d, task_dir, tmp_pat
         geometry[meta["path"]] = (np.array(meta["affine"], dtype=float), tuple(int(s) for s in meta["shape"]))
         return to_original(array, meta, *args, **kwargs)
 
-    monkeypatch.setattr(inference, "case_metrics", spy_metrics)
-    monkeypatch.setattr(inference, "to_original_geometry", spy_geometry)
+    monkeypatch.setattr(scoring, "case_metrics", spy_metrics)
+    monkeypatch.setattr(outputs, "to_original_geometry", spy_geometry)
     assert main(["evaluate", str(run3d), "--out", str(tmp_path / "ev"), "--quiet"]) == 0
     again = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     evaluated = {c["case_id"]: c for c in again["test"]["per_case"]}

@@ -705,11 +705,11 @@ def evaluate_run(run_or_ckpt: str | Path, config: RunConfig | None = None, *, ou
         ConfigError / DataError: bad overrides, data that moved or changed (with the fix), incompatible data, or a
             device / precision / sw_batch_size this machine cannot use (checked before anything is read).
     """
-    from ..inference import _check_postprocess, autocast_dtype, resolve_device
+    from ..inference import autocast_dtype, check_postprocess, resolve_device
 
     device = resolve_device(device)
     autocast_dtype(precision, device)
-    postprocess = _check_postprocess(postprocess)
+    postprocess = check_postprocess(postprocess)
     task, ckpt = load_task(run_or_ckpt)
     settings = InferenceSettings.from_config(task.config, mirror=tta, sw_batch_size=sw_batch_size,
                                              precision=precision, plan=task.plan)  # checks sw_batch_size

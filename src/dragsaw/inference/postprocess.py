@@ -1,0 +1,64 @@
+"""Post-processing of predicted label maps: the largest connected component of each class."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+
+
+__all__ = [
+    "POSTPROCESS", "LARGEST_COMPONENT_CONNECTIVITY", "keep_largest_components", "postprocess_prediction",
+    "check_postprocess",
+]
+
+
+POSTPROCESS = ("none", "largest-component")
+"""``--postprocess`` choices, applied to the arg-max in the file's own geometry: ``largest-component`` keeps, for
+each foreground class independently, its largest connected component (:func:`keep_largest_components`)."""
+
+LARGEST_COMPONENT_CONNECTIVITY = 1
+"""Neighbourhood of ``largest-component``: 1 = pixels/voxels sharing a face (4-neighbourhood in 2D,
+6-neighbourhood in 3D; MONAI's ``connectivity=1``, scipy's and nnU-Net's default structure). Parts that touch only
+at an edge or a corner are separate components, so the smaller of them is removed."""
+
+
+def keep_largest_components(pred, num_classes: int):
+    """For each foreground class 1..K-1, keep its largest connected component (face connectivity) of the label map
+    ``pred`` (``[H, W]`` or ``[X, Y, Z]``, a tensor or an array); removed pixels become background (0). Returns the
+    same type, dtype and shape. MONAI's ``KeepLargestConnectedComponent(applied_labels=1..K-1, independent=True,
+    connectivity=1)``."""
+    from monai.transforms import KeepLargestConnectedComponent
+
+    if num_classes < 2:
+        return pred
+    keep = KeepLargestConnectedComponent(applied_labels=list(range(1, num_classes)), is_onehot=False,
+                                         independent=True, connectivity=LARGEST_COMPONENT_CONNECTIVITY)
+    is_tensor = isinstance(pred, torch.Tensor)
+    labels = torch.as_tensor(np.asarray(pred) if not is_tensor else pred)
+    out = keep(labels[None].clone())[0]
+    out = torch.as_tensor(out).to(labels.dtype)  # a MetaTensor from MONAI: plain tensor of the input's dtype
+    out = out.as_subclass(torch.Tensor) if isinstance(out, torch.Tensor) else out
+    return out if is_tensor else out.numpy().astype(np.asarray(pred).dtype, copy=False)
+
+
+def postprocess_prediction(pred, num_classes: int, postprocess: str = "none"):
+    """``pred`` after ``postprocess`` (one of :data:`POSTPROCESS`).
+
+    Raises:
+        ConfigError: an unknown ``postprocess``.
+    """
+    if postprocess == "none" or postprocess is None:
+        return pred
+    if postprocess == "largest-component":
+        return keep_largest_components(pred, num_classes)
+    raise ConfigError(f"--postprocess {postprocess!r} is not a post-processing; use one of {', '.join(POSTPROCESS)}")
+
+
+def check_postprocess(postprocess: str | None) -> str:
+    postprocess = postprocess or "none"
+    if postprocess not in POSTPROCESS:
+        raise ConfigError(f"--postprocess {postprocess!r} is not a post-processing; use one of "
+                          f"{', '.join(POSTPROCESS)}")
+    return postprocess
