@@ -18,7 +18,8 @@ from torch import nn
 from dragsaw.data import write_folder
 from dragsaw.errors import ConfigError
 from dragsaw.inference import (Ensemble, InferenceSettings, check_ensemble, evaluate_loader, infer, infer_members,
-                               keep_largest_components, mean_probabilities, postprocess_prediction)
+                               keep_largest_components, mean_probabilities, postprocess_prediction,
+                               remove_small_components)
 from dragsaw.plan import Plan
 
 from _cli import run_cli, tiny_task, train_argv
@@ -145,9 +146,37 @@ def test_largest_component_3d_keeps_the_bigger_blob():
     assert type(out) is torch.Tensor and out.dtype == torch.int64 and torch.equal(out, expected)
 
 
+def test_remove_small_keeps_every_part_of_a_class_above_a_tenth_of_its_largest():
+    mask = np.zeros((12, 14), np.int16)
+    mask[0:5, 0:4] = 1  # 20 pixels: the largest of class 1
+    mask[0:4, 8:11] = 1  # 12 pixels: a second lung, kept (>= 2)
+    mask[11, 13] = 1  # 1 pixel < 0.1 * 20: removed
+    mask[7, 0:2] = 1  # 2 pixels == 0.1 * 20: kept (removed only when smaller)
+    mask[9:12, 4:9] = 2  # 15 pixels: class 2's largest
+    mask[6, 10] = 2  # 1 pixel < 1.5: removed
+    mask[8, 10], mask[9, 11] = 2, 2  # corner neighbours: two 1-pixel components, removed
+    out = postprocess_prediction(mask, 3, "remove-small")
+    expected = mask.copy()
+    expected[11, 13] = expected[6, 10] = expected[8, 10] = expected[9, 11] = 0
+    assert out.dtype == mask.dtype and np.array_equal(out, expected)
+    # the same in 3D, on a tensor; one component alone is always kept, however small
+    vol = torch.zeros(6, 6, 6, dtype=torch.int64)
+    vol[0:3, 0:3, 0:3] = 1  # 27 voxels
+    vol[5, 5, 5] = 1  # 1 voxel: removed
+    vol[5, 0, 5] = 2  # class 2's only component: kept
+    got = remove_small_components(vol, 3)
+    want = vol.clone()
+    want[5, 5, 5] = 0
+    assert type(got) is torch.Tensor and got.dtype == torch.int64 and torch.equal(got, want)
+    strict = np.zeros_like(mask)  # fraction 0.7: only the largest part of each class is left (12 < 14)
+    strict[0:5, 0:4] = 1
+    strict[9:12, 4:9] = 2
+    assert np.array_equal(remove_small_components(mask, 3, fraction=0.7), strict)
+
+
 def test_unknown_postprocess_is_refused():
     with pytest.raises(ConfigError, match="--postprocess 'biggest' is not a post-processing; use one of none, "
-                                          "largest-component"):
+                                          "largest-component, remove-small"):
         postprocess_prediction(np.zeros((2, 2)), 2, "biggest")
 
 

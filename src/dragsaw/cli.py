@@ -33,7 +33,7 @@ MODEL_COMMANDS = ("train", "evaluate", "predict", "benchmark", "taps")
 
 INFERENCE_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 """``--precision`` of evaluate / predict: :data:`dragsaw.inference.PRECISIONS` (not imported here: it loads torch)."""
-POSTPROCESS_CHOICES = ("none", "largest-component")
+POSTPROCESS_CHOICES = ("none", "largest-component", "remove-small")
 """``--postprocess`` of evaluate / predict: :data:`dragsaw.inference.POSTPROCESS` (not imported: it loads torch)."""
 
 
@@ -441,8 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "preprocessing (e.g. the folds or seeds of one experiment); predict: put it after "
                             "the inputs")
         p.add_argument("--postprocess", default="none", choices=POSTPROCESS_CHOICES,
-                       help="none (default) or largest-component: keep each foreground class's largest connected "
-                            "component (face connectivity) of the prediction in the input's geometry")
+                       help="none (default); largest-component: keep each foreground class's largest connected "
+                            "component (face connectivity) of the prediction in the input's geometry; remove-small: "
+                            "remove each class's components under 10%% of its largest (anatomy in several parts, "
+                            "e.g. two lungs)")
 
     train = sub.add_parser("train", help="train a model into a run directory")
     data_args(train, required_preset=False)

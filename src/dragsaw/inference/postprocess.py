@@ -1,4 +1,5 @@
-"""Post-processing of predicted label maps: the largest connected component of each class."""
+"""Post-processing of predicted label maps: each class's largest connected component, or its components without
+the small ones."""
 
 from __future__ import annotations
 
@@ -9,14 +10,20 @@ from ..errors import ConfigError
 
 
 __all__ = [
-    "POSTPROCESS", "LARGEST_COMPONENT_CONNECTIVITY", "keep_largest_components", "postprocess_prediction",
-    "check_postprocess",
+    "POSTPROCESS", "LARGEST_COMPONENT_CONNECTIVITY", "SMALL_COMPONENT_FRACTION", "keep_largest_components",
+    "remove_small_components", "postprocess_prediction", "check_postprocess",
 ]
 
 
-POSTPROCESS = ("none", "largest-component")
-"""``--postprocess`` choices, applied to the arg-max in the file's own geometry: ``largest-component`` keeps, for
-each foreground class independently, its largest connected component (:func:`keep_largest_components`)."""
+POSTPROCESS = ("none", "largest-component", "remove-small")
+"""``--postprocess`` choices, applied to the arg-max in the file's own geometry, for each foreground class
+independently: ``largest-component`` keeps its largest connected component (:func:`keep_largest_components`);
+``remove-small`` removes its components smaller than :data:`SMALL_COMPONENT_FRACTION` of its largest one
+(:func:`remove_small_components`), for anatomy of several parts in one class (two lungs, two kidneys)."""
+
+SMALL_COMPONENT_FRACTION = 0.1
+"""``remove-small``: a component is removed when it has fewer than this fraction of the pixels (voxels) of its
+class's largest component."""
 
 LARGEST_COMPONENT_CONNECTIVITY = 1
 """Neighbourhood of ``largest-component``: 1 = pixels/voxels sharing a face (4-neighbourhood in 2D,
@@ -43,6 +50,27 @@ def keep_largest_components(pred, num_classes: int):
     return out if is_tensor else out.numpy().astype(np.asarray(pred).dtype, copy=False)
 
 
+def remove_small_components(pred, num_classes: int, fraction: float = SMALL_COMPONENT_FRACTION):
+    """For each foreground class 1..K-1 of the label map ``pred`` (``[H, W]`` or ``[X, Y, Z]``, a tensor or an
+    array), remove its connected components (face connectivity, as :data:`LARGEST_COMPONENT_CONNECTIVITY`) with
+    fewer than ``fraction`` times the pixels of its largest component; removed pixels become background (0).
+    Returns the same type, dtype and shape."""
+    from scipy import ndimage
+
+    is_tensor = isinstance(pred, torch.Tensor)
+    array = pred.cpu().numpy() if is_tensor else np.asarray(pred)
+    out = array.copy()
+    structure = ndimage.generate_binary_structure(array.ndim, LARGEST_COMPONENT_CONNECTIVITY)
+    for k in range(1, num_classes):
+        components, count = ndimage.label(array == k, structure=structure)
+        if count < 2:
+            continue
+        sizes = np.bincount(components.ravel())[1:]  # pixels of components 1..count
+        small = np.flatnonzero(sizes < fraction * sizes.max()) + 1
+        out[np.isin(components, small)] = 0
+    return torch.from_numpy(out).to(pred.device) if is_tensor else out
+
+
 def postprocess_prediction(pred, num_classes: int, postprocess: str = "none"):
     """``pred`` after ``postprocess`` (one of :data:`POSTPROCESS`).
 
@@ -53,10 +81,17 @@ def postprocess_prediction(pred, num_classes: int, postprocess: str = "none"):
         return pred
     if postprocess == "largest-component":
         return keep_largest_components(pred, num_classes)
+    if postprocess == "remove-small":
+        return remove_small_components(pred, num_classes)
     raise ConfigError(f"--postprocess {postprocess!r} is not a post-processing; use one of {', '.join(POSTPROCESS)}")
 
 
 def check_postprocess(postprocess: str | None) -> str:
+    """``postprocess`` (None: ``"none"``) when it is one of :data:`POSTPROCESS`.
+
+    Raises:
+        ConfigError: naming the value and the choices.
+    """
     postprocess = postprocess or "none"
     if postprocess not in POSTPROCESS:
         raise ConfigError(f"--postprocess {postprocess!r} is not a post-processing; use one of "
