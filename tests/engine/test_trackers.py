@@ -42,6 +42,15 @@ def test_missing_package_names_the_extra(monkeypatch):
     trackers.check_trackers(_config("train.loggers=[csv, tensorboard]"))  # the others are not asked for
 
 
+def test_a_users_telemetry_choice_is_kept(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    pytest.importorskip("sqlalchemy")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "false")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    trackers.make_loggers(_config("train.loggers=[mlflow]"), tmp_path, resume=False)
+    assert trackers.os.environ["MLFLOW_DISABLE_TELEMETRY"] == "false"
+
+
 def test_csv_is_always_first_and_tensorboard_only_when_asked(tmp_path):
     loggers = trackers.make_loggers(_config("train.loggers=[tensorboard]"), tmp_path, resume=False)
     assert [type(lg).__name__ for lg in loggers] == ["CSVLogger", "TensorBoardLogger"]
@@ -57,8 +66,10 @@ def test_mlflow_local_store_holds_the_runs_metrics_and_a_resume_continues_it(tin
     from mlflow.tracking import MlflowClient
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY", raising=False)
     run = tmp_path / "run"
     assert _train(tiny_folder, run, "train.loggers=[csv, mlflow]", "train.experiment=tracked") == 0
+    assert trackers.os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"  # nothing leaves the machine
     ids = json.loads((run / trackers.TRACKERS_FILE).read_text())["mlflow"]
     assert ids["tracking_uri"] == f"sqlite:///{(run / 'mlflow.db').resolve()}" and ids["experiment"] == "tracked"
     client = MlflowClient(tracking_uri=ids["tracking_uri"])
@@ -88,10 +99,12 @@ def test_mlflow_local_store_holds_the_runs_metrics_and_a_resume_continues_it(tin
 def test_wandb_runs_offline_into_the_run_folder(tiny_folder, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_ERROR_REPORTING", raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
     run = tmp_path / "run"
     assert _train(tiny_folder, run, "train.loggers=[csv, wandb]") == 0
     ids = json.loads((run / trackers.TRACKERS_FILE).read_text())["wandb"]
     assert ids["mode"] == "offline" and ids["project"] == "folder"
+    assert trackers.os.environ["WANDB_ERROR_REPORTING"] == "false"
     offline = list((run / "wandb").glob(f"offline-run-*-{ids['id']}"))
     assert len(offline) == 1 and (offline[0] / f"run-{ids['id']}.wandb").stat().st_size > 0

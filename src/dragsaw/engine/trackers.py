@@ -3,7 +3,7 @@
 ``csv`` is always written (``RUN/csv/metrics.csv``, merged into ``RUN/log.csv``: dragsaw's reports and resumes read
 it); ``tensorboard`` writes ``RUN/tensorboard``; ``mlflow`` logs to ``train.tracking_uri``, else
 ``$MLFLOW_TRACKING_URI``, else a SQLite store in the run folder (``RUN/mlflow.db``, artifacts in
-``RUN/mlartifacts``); ``wandb`` runs offline into ``RUN/wandb`` unless ``$WANDB_MODE`` says otherwise (``wandb
+``RUN/mlartifacts``), with MLflow's usage telemetry off unless ``$MLFLOW_DISABLE_TELEMETRY`` is set; ``wandb`` runs offline into ``RUN/wandb`` unless ``$WANDB_MODE`` says otherwise (``wandb
 sync RUN/wandb/offline-run-*`` uploads it later). The MLflow run id and the W&B run id are kept in
 ``RUN/trackers.json``, so that a resumed run continues the same tracked run instead of starting a new one.
 """
@@ -135,6 +135,9 @@ def _mlflow(config: RunConfig, run_dir: Path, experiment: str, saved: dict, prim
     for noisy in ("mlflow", "alembic"):  # database migrations and experiment creation are logged at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
     uri, local = _mlflow_uri(config, run_dir)
+    # MLflow 3 sends anonymous usage telemetry to its makers; a run logging to a local store stays on the machine
+    # unless the user says otherwise (MLFLOW_DISABLE_TELEMETRY=false)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     run_id = saved.get("run_id") if saved.get("tracking_uri") == uri else None
     logger = ResumableMLFlowLogger(experiment_name=experiment, run_name=run_dir.name, tracking_uri=uri, run_id=run_id,
                           artifact_location=(run_dir / "mlartifacts").resolve().as_uri() if local else None,
@@ -149,5 +152,7 @@ def _wandb(run_dir: Path, project: str, saved: dict, ids: dict) -> Logger:
 
     run_id = saved.get("id") or uuid.uuid4().hex[:8]
     mode = os.environ.get("WANDB_MODE") or "offline"  # never reaches a server unless asked to
+    if mode == "offline":  # nor do W&B's error reports (Sentry), unless the user set WANDB_ERROR_REPORTING
+        os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
     ids["wandb"] = {"id": run_id, "project": project, "mode": mode}
     return WandbLogger(project=project, name=run_dir.name, save_dir=str(run_dir), id=run_id, mode=mode)
