@@ -18,8 +18,8 @@ from torch import nn
 from dragsaw.data import write_folder
 from dragsaw.errors import ConfigError
 from dragsaw.inference import (Ensemble, InferenceSettings, check_ensemble, evaluate_loader, infer, infer_members,
-                               keep_largest_components, mean_probabilities, postprocess_prediction,
-                               remove_small_components)
+                               choose_postprocess, keep_largest_components, mean_probabilities,
+                               postprocess_prediction, remove_small_components)
 from dragsaw.plan import Plan
 
 from _cli import run_cli, tiny_task, train_argv
@@ -174,6 +174,21 @@ def test_remove_small_keeps_every_part_of_a_class_above_a_tenth_of_its_largest()
     assert np.array_equal(remove_small_components(mask, 3, fraction=0.7), strict)
 
 
+def test_choose_postprocess_takes_the_best_validation_mean_and_none_on_ties():
+    def case(none, largest, small):
+        return {"dice_fg": none, "dice_fg@largest-component": largest, "dice_fg@remove-small": small}
+
+    got = choose_postprocess([case(0.9, 0.5, 0.92), case(0.8, 0.4, 0.8), case(float("nan"), 1.0, 1.0)])
+    assert got["chosen"] == "remove-small" and got["cases"] == 2  # the NaN case is left out of every mean
+    assert got["mean_dice_fg"] == pytest.approx({"none": 0.85, "largest-component": 0.45, "remove-small": 0.86})
+    assert choose_postprocess([case(0.9, 0.9, 0.9)])["chosen"] == "none"  # only a strict gain changes anything
+    assert choose_postprocess([case(0.5, 0.7, 0.6)])["chosen"] == "largest-component"
+    with pytest.raises(ConfigError, match="validation split, which has no case"):
+        choose_postprocess([])
+    with pytest.raises(ConfigError, match="alternatives"):
+        choose_postprocess([{"dice_fg": 0.5}])
+
+
 def test_unknown_postprocess_is_refused():
     with pytest.raises(ConfigError, match="--postprocess 'biggest' is not a post-processing; use one of none, "
                                           "largest-component, remove-small"):
@@ -266,7 +281,7 @@ def test_predict_ensembles(runs, tiny_folder, tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_variants_sit_side_by_side(runs, tmp_path, monkeypatch):
+def test_evaluate_variants_sit_side_by_side(runs, tiny_folder, tmp_path, monkeypatch):
     a, b = runs
     assert run_cli(["evaluate", str(a)]).code == 0
     assert run_cli(["evaluate", str(a), "--ensemble", str(a)]).code == 0
@@ -285,6 +300,25 @@ def test_evaluate_variants_sit_side_by_side(runs, tmp_path, monkeypatch):
     assert mixed["inference"]["tta"] is True
     for split in ("val", "test"):
         assert all(same(x, y) for x, y in zip(plain[split]["per_case"], twice[split]["per_case"]))
+    # --postprocess auto: every choice scored on the same validation predictions, the best used, recorded
+    for choice in ("largest-component", "remove-small"):
+        assert run_cli(["evaluate", str(a), "--postprocess", choice]).code == 0
+    assert run_cli(["evaluate", str(a), "--postprocess", "auto"]).code == 0
+    auto = json.loads((folder / "postprocess-auto" / "metrics.json").read_text())
+    each = {"none": plain, **{c: json.loads((folder / c / "metrics.json").read_text())
+                              for c in ("largest-component", "remove-small")}}
+    means = {name: np.nanmean([c["dice_fg"] for c in m["val"]["per_case"]]) for name, m in each.items()}
+    choice = auto["postprocess_choice"]
+    assert choice["mean_dice_fg"] == pytest.approx(means, abs=1e-9) and choice["on"] == "val"
+    best = max(means, key=means.get)
+    assert choice["chosen"] == (best if means[best] > means["none"] else "none")
+    assert auto["variant"]["postprocess"] == choice["chosen"]
+    for split in ("val", "test"):  # scored exactly as the chosen post-processing scores
+        assert all(same(x, y) for x, y in zip(auto[split]["per_case"], each[choice["chosen"]][split]["per_case"]))
+    other = run_cli(["evaluate", str(a), "--preset", "folder", "--profile", "cpu", "--data-root", str(tiny_folder),
+                     "--postprocess", "auto", "--out", str(tmp_path / "other")])
+    assert other.code == 2 and "chooses the post-processing on the validation split" in other.message
+    assert "another dataset is all test data" in other.message and not (tmp_path / "other").exists()
     # runs whose preprocessing differs are refused before anything is read
     import dragsaw.engine.run as engine_run
 

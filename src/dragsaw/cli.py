@@ -440,11 +440,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "(not logits) and UAFS maps are averaged; they must share RUN's classes and "
                             "preprocessing (e.g. the folds or seeds of one experiment); predict: put it after "
                             "the inputs")
-        p.add_argument("--postprocess", default="none", choices=POSTPROCESS_CHOICES,
+        p.add_argument("--postprocess", default="none",
+                       choices=POSTPROCESS_CHOICES + (("auto",) if p.prog.endswith("evaluate") else ()),
                        help="none (default); largest-component: keep each foreground class's largest connected "
                             "component (face connectivity) of the prediction in the input's geometry; remove-small: "
                             "remove each class's components under 10%% of its largest (anatomy in several parts, "
-                            "e.g. two lungs)")
+                            "e.g. two lungs); evaluate also takes auto: the one with the best validation Dice")
 
     train = sub.add_parser("train", help="train a model into a run directory")
     data_args(train, required_preset=False)

@@ -655,7 +655,8 @@ def evaluation_variant(*, shift: str | None = None, tta: bool = False, run_tta: 
     """The name of the folder under ``RUN/evaluation/`` of one way of evaluating a run ("" for the plain one: the
     run's own test-time mirroring, one model, no post-processing), so that variants sit side by side: its parts,
     joined by ``_``, are ``shift-NAME``, ``ensemble-N`` (N runs), ``tta`` / ``no-tta`` (when the mirroring differs
-    from the run's ``train.mirror``) and the post-processing (``largest-component``); e.g.
+    from the run's ``train.mirror``) and the post-processing (``largest-component``, ``remove-small``,
+    ``postprocess-auto``); e.g.
     ``ensemble-3_tta_largest-component``."""
     parts = [f"shift-{shift}"] if shift else []
     if members > 1:
@@ -663,7 +664,7 @@ def evaluation_variant(*, shift: str | None = None, tta: bool = False, run_tta: 
     if bool(tta) != bool(run_tta):
         parts.append("tta" if tta else "no-tta")
     if postprocess and postprocess != "none":
-        parts.append(postprocess)
+        parts.append("postprocess-auto" if postprocess == "auto" else postprocess)
     return "_".join(parts)
 
 
@@ -686,8 +687,10 @@ def evaluate_run(run_or_ckpt: str | Path, config: RunConfig | None = None, *, ou
     ``ensemble`` (other run directories or checkpoints) averages the softmax probabilities (not the logits) and the
     UAFS maps of this run and those runs (each averaged over its own TTA flips first), on this run's data and
     splits; the runs must agree on the classes and the preprocessing (:func:`dragsaw.inference.check_ensemble`).
-    ``postprocess`` (``"none"`` or ``"largest-component"``, see :data:`dragsaw.inference.POSTPROCESS`) is applied
-    to every native-geometry arg-max before scoring. ``check_out`` (a callable taking the output folder) is called
+    ``postprocess`` (one of :data:`dragsaw.inference.POSTPROCESS`) is applied to every native-geometry arg-max
+    before scoring; ``"auto"`` first scores every choice on the validation split (one forward pass, the same
+    predictions) and uses the best (:func:`dragsaw.inference.choose_postprocess`, recorded as
+    ``"postprocess_choice"``). ``check_out`` (a callable taking the output folder) is called
     before anything is read, e.g. to check that the folder can be written.
 
     The model runs on ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or a
@@ -705,11 +708,11 @@ def evaluate_run(run_or_ckpt: str | Path, config: RunConfig | None = None, *, ou
         ConfigError / DataError: bad overrides, data that moved or changed (with the fix), incompatible data, or a
             device / precision / sw_batch_size this machine cannot use (checked before anything is read).
     """
-    from ..inference import autocast_dtype, check_postprocess, resolve_device
+    from ..inference import AUTO, autocast_dtype, check_postprocess, resolve_device
 
     device = resolve_device(device)
     autocast_dtype(precision, device)
-    postprocess = check_postprocess(postprocess)
+    postprocess = postprocess if postprocess == AUTO else check_postprocess(postprocess)
     task, ckpt = load_task(run_or_ckpt)
     settings = InferenceSettings.from_config(task.config, mirror=tta, sw_batch_size=sw_batch_size,
                                              precision=precision, plan=task.plan)  # checks sw_batch_size
@@ -739,8 +742,22 @@ def evaluate_run(run_or_ckpt: str | Path, config: RunConfig | None = None, *, ou
         data = _run_data(config, run_dir, existing=True, image_shift=shift, plan=task.plan)
     else:  # another dataset: all of it is test data
         data = _data_module(config, None, evaluate_only=True, image_shift=shift, plan=task.plan)
+    if postprocess == AUTO and "val" not in data.eval_sets:
+        raise ConfigError("--postprocess auto chooses the post-processing on the validation split, and this "
+                          f"evaluation has none ({'another dataset is all test data' if not own else 'no val split'}"
+                          "); choose none, largest-component or remove-small, or choose on the run's own data first.")
     out_dir.mkdir(parents=True, exist_ok=True)
     model.to(device)
+    choice = None
+    if postprocess == AUTO:  # one pass over the validation cases scores every post-processing of the same prediction
+        from ..inference import POSTPROCESS, choose_postprocess
+
+        per_case, _ = evaluate_loader(model, data.eval_loader("val"), config.data.num_classes, device=device,
+                                      settings=settings, include_hd95=False, regions=None, progress=progress,
+                                      description="choose post-processing on val",
+                                      alternatives=[p for p in POSTPROCESS if p != "none"])
+        choice = choose_postprocess(per_case)
+        postprocess = choice["chosen"]
     results = _evaluate_splits(task, data, splits, device, out_dir, config=config, precision=precision, tta=tta,
                                sw_batch_size=sw_batch_size, progress=progress, model=model, postprocess=postprocess)
     payload = {"checkpoint": str(ckpt), "dataset": config.data.dataset, "root": config.data.root,
@@ -748,6 +765,7 @@ def evaluate_run(run_or_ckpt: str | Path, config: RunConfig | None = None, *, ou
                              "sw_batch_size": settings.sw_batch_size, "shift": shift},
                "variant": {"name": variant or "default", "ensemble": members if len(members) > 1 else None,
                            "ensemble_average": "softmax probabilities" if len(members) > 1 else None,
-                           "tta": settings.mirror, "postprocess": postprocess}, **results}
+                           "tta": settings.mirror, "postprocess": postprocess},
+               **({"postprocess_choice": choice} if choice is not None else {}), **results}
     write_json_atomic(payload, out_dir / "metrics.json")
     return payload

@@ -16,8 +16,9 @@ from .ensemble import ENSEMBLE_PLAN_KEYS, Ensemble, check_ensemble, infer_member
 from .evaluate import evaluate_loader
 from .forward import InferenceSettings, finest_uncertainty, infer, record_uncertainty
 from .outputs import native_prediction, prediction_names, save_png_atomic
-from .postprocess import (LARGEST_COMPONENT_CONNECTIVITY, POSTPROCESS, SMALL_COMPONENT_FRACTION, check_postprocess,
-                          keep_largest_components, postprocess_prediction, remove_small_components)
+from .postprocess import (AUTO, LARGEST_COMPONENT_CONNECTIVITY, POSTPROCESS, SMALL_COMPONENT_FRACTION,
+                          check_postprocess, choose_postprocess, keep_largest_components, postprocess_prediction,
+                          remove_small_components)
 from .predict import PREDICT_MANIFEST, predict_files, read_predict_manifest
 
 __all__ = [
@@ -26,5 +27,5 @@ __all__ = [
     "prediction_names", "native_prediction", "PREDICT_MANIFEST", "read_predict_manifest", "Ensemble",
     "infer_members", "mean_probabilities", "check_ensemble", "ENSEMBLE_PLAN_KEYS", "POSTPROCESS",
     "LARGEST_COMPONENT_CONNECTIVITY", "SMALL_COMPONENT_FRACTION", "postprocess_prediction", "keep_largest_components",
-    "remove_small_components", "check_postprocess",
+    "remove_small_components", "check_postprocess", "AUTO", "choose_postprocess",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -47,6 +48,7 @@ def evaluate_loader(
     progress: bool = False,
     description: str = "evaluate",
     postprocess: str = "none",
+    alternatives: Sequence[str] = (),
 ) -> tuple[list[dict], list[dict]]:
     """Per-case metrics at the native resolution / original geometry over an evaluation loader.
 
@@ -64,7 +66,9 @@ def evaluate_loader(
     sliding-window batch); ``progress`` shows a bar of the cases done on stderr, labelled ``description``.
     ``model`` may be an :class:`Ensemble` (mean softmax probabilities and mean UAFS maps of its members; the entropy
     is that of the mean probabilities). ``postprocess`` (one of :data:`POSTPROCESS`) is applied to each native
-    arg-max before it is scored (the uncertainty scores use the arg-max before post-processing).
+    arg-max before it is scored (the uncertainty scores use the arg-max before post-processing). Each of
+    ``alternatives`` (other post-processings) adds the case's foreground Dice under it, ``dice_fg@<name>``, from the
+    same prediction (no second forward pass), to compare them (:func:`dragsaw.engine.run.evaluate_run`'s ``auto``).
 
     Returns:
         ``(per_case, overlay_items)``: one metrics dict per case (with ``case_id``), and up to ``overlays`` items
@@ -72,6 +76,7 @@ def evaluate_loader(
     """
     settings = settings or InferenceSettings()
     postprocess = check_postprocess(postprocess)
+    alternatives = [check_postprocess(a) for a in alternatives]
     outputs = outputs_for(settings.spatial_dims)
     was_training = model.training
     model.eval()
@@ -96,6 +101,9 @@ def evaluate_loader(
                 scores["auroc_entropy"] = error_auroc(entropy, raw, native)
                 if regions:
                     scores |= _region_scores(pred.numpy(), native.numpy(), regions, spacing, include_hd95)
+                for alt in alternatives:
+                    scores[f"dice_fg@{alt}"] = case_metrics(postprocess_prediction(raw, num_classes, alt), native,
+                                                            num_classes, include_hd95=False)["dice_fg"]
                 per_case.append({"case_id": case_id, **scores})
                 bar.update(1)
                 if len(items) < overlays:

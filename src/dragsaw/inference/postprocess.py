@@ -11,7 +11,7 @@ from ..errors import ConfigError
 
 __all__ = [
     "POSTPROCESS", "LARGEST_COMPONENT_CONNECTIVITY", "SMALL_COMPONENT_FRACTION", "keep_largest_components",
-    "remove_small_components", "postprocess_prediction", "check_postprocess",
+    "remove_small_components", "postprocess_prediction", "check_postprocess", "AUTO", "choose_postprocess",
 ]
 
 
@@ -20,6 +20,10 @@ POSTPROCESS = ("none", "largest-component", "remove-small")
 independently: ``largest-component`` keeps its largest connected component (:func:`keep_largest_components`);
 ``remove-small`` removes its components smaller than :data:`SMALL_COMPONENT_FRACTION` of its largest one
 (:func:`remove_small_components`), for anatomy of several parts in one class (two lungs, two kidneys)."""
+
+AUTO = "auto"
+"""``evaluate --postprocess auto``: the post-processing of :data:`POSTPROCESS` with the best mean foreground Dice on
+the validation split, ``none`` unless another is strictly better (:func:`choose_postprocess`)."""
 
 SMALL_COMPONENT_FRACTION = 0.1
 """``remove-small``: a component is removed when it has fewer than this fraction of the pixels (voxels) of its
@@ -97,3 +101,35 @@ def check_postprocess(postprocess: str | None) -> str:
         raise ConfigError(f"--postprocess {postprocess!r} is not a post-processing; use one of "
                           f"{', '.join(POSTPROCESS)}")
     return postprocess
+
+
+def choose_postprocess(per_case: list[dict]) -> dict:
+    """The post-processing to use, from validation cases scored by :func:`dragsaw.inference.evaluate_loader` with
+    ``postprocess="none"`` and every other choice of :data:`POSTPROCESS` as ``alternatives``.
+
+    Args:
+        per_case: the validation cases' metrics, each with ``dice_fg`` and ``dice_fg@<name>`` for the others.
+
+    Returns:
+        ``{"chosen": name, "on": "val", "cases": n, "mean_dice_fg": {name: mean over cases}, "rule": ...}``: the
+        highest mean, ``none`` unless another is strictly higher (cases whose Dice is NaN, e.g. empty masks, are
+        left out of every mean alike).
+
+    Raises:
+        ConfigError: no validation case, or a case without the alternatives' scores.
+    """
+    if not per_case:
+        raise ConfigError("--postprocess auto chooses on the validation split, which has no case here; choose "
+                          f"one of {', '.join(POSTPROCESS)}")
+    names = list(POSTPROCESS)
+    keys = {name: "dice_fg" if name == "none" else f"dice_fg@{name}" for name in names}
+    if any(key not in case for case in per_case for key in keys.values()):
+        raise ConfigError("choose_postprocess needs every case scored with the alternatives "
+                          f"{[k for k in keys.values() if k != 'dice_fg']} (evaluate_loader(..., alternatives=...))")
+    rows = [case for case in per_case if all(case[k] == case[k] for k in keys.values())]  # drop NaN rows
+    means = {name: float(np.mean([case[keys[name]] for case in rows])) if rows else float("nan") for name in names}
+    best = max((n for n in names if n != "none" and means[n] == means[n]), key=means.get, default="none")
+    chosen = best if best != "none" and means[best] > means["none"] else "none"
+    return {"chosen": chosen, "on": "val", "cases": len(rows), "mean_dice_fg": means,
+            "rule": "highest mean foreground Dice on the validation cases; none unless another is strictly higher"}
+
