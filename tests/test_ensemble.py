@@ -303,7 +303,8 @@ def test_evaluate_variants_sit_side_by_side(runs, tiny_folder, tmp_path, monkeyp
     # --postprocess auto: every choice scored on the same validation predictions, the best used, recorded
     for choice in ("largest-component", "remove-small"):
         assert run_cli(["evaluate", str(a), "--postprocess", choice]).code == 0
-    assert run_cli(["evaluate", str(a), "--postprocess", "auto"]).code == 0
+    result = run_cli(["evaluate", str(a), "--postprocess", "auto"])
+    assert result.code == 0 and "post-processing chosen on 2 validation cases: " in result.out
     auto = json.loads((folder / "postprocess-auto" / "metrics.json").read_text())
     each = {"none": plain, **{c: json.loads((folder / c / "metrics.json").read_text())
                               for c in ("largest-component", "remove-small")}}
@@ -313,6 +314,7 @@ def test_evaluate_variants_sit_side_by_side(runs, tiny_folder, tmp_path, monkeyp
     best = max(means, key=means.get)
     assert choice["chosen"] == (best if means[best] > means["none"] else "none")
     assert auto["variant"]["postprocess"] == choice["chosen"]
+    assert f"{choice['chosen']} (mean Dice none {means['none']:.4f}" in result.out
     for split in ("val", "test"):  # scored exactly as the chosen post-processing scores
         assert all(same(x, y) for x, y in zip(auto[split]["per_case"], each[choice["chosen"]][split]["per_case"]))
     other = run_cli(["evaluate", str(a), "--preset", "folder", "--profile", "cpu", "--data-root", str(tiny_folder),

@@ -128,6 +128,11 @@ def cmd_train(args) -> int:
 
 
 def _print_summary(metrics: dict, where: Path) -> None:
+    choice = metrics.get("postprocess_choice")
+    if choice:  # evaluate --postprocess auto
+        means = ", ".join(f"{name} {value:.4f}" for name, value in choice["mean_dice_fg"].items())
+        print(f"post-processing chosen on {choice['cases']} validation cases: {choice['chosen']} (mean Dice {means}); "
+              f"use --postprocess {choice['chosen']} with predict")
     for split in ("val", "test"):
         if split in metrics:
             mean = metrics[split]["mean"]
