@@ -426,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "name importable from sys.path (PYTHONPATH) or the path of a .py file; repeatable. train "
                             "records it in the run (model.imports), so evaluate and predict need it no more")
 
-    def inference_args(p) -> None:
+    def inference_args(p, postprocess_choices: tuple[str, ...] = POSTPROCESS_CHOICES) -> None:
         p.add_argument("--device", default="auto",
                        help="auto, cpu, cuda, cuda:N or mps (default auto: cuda if available, else mps, else cpu)")
         p.add_argument("--precision", default="32-true", choices=INFERENCE_PRECISIONS,
@@ -446,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "preprocessing (e.g. the folds or seeds of one experiment); predict: put it after "
                             "the inputs")
         p.add_argument("--postprocess", default="none",
-                       choices=POSTPROCESS_CHOICES + (("auto",) if p.prog.endswith("evaluate") else ()),
+                       choices=postprocess_choices,
                        help="none (default); largest-component: keep each foreground class's largest connected "
                             "component (face connectivity) of the prediction in the input's geometry; remove-small: "
                             "remove each class's components under 10%% of its largest (anatomy in several parts, "
@@ -469,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--shift", metavar="NAME",
                           help="2D: score under a controlled intensity shift of every image: gamma-G, contrast-F, "
                                "brightness+F / brightness-F, blur-S (e.g. gamma-0.5, contrast-0.5, brightness-0.2)")
-    inference_args(evaluate)
+    inference_args(evaluate, POSTPROCESS_CHOICES + ("auto",))  # auto chooses on the validation split
     import_arg(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
